@@ -1,0 +1,144 @@
+"""Sankofa's exception tree. Errors become HTTP only at the edge (``api.problems``).
+
+::
+
+    SankofaError                      runtime failures a client can be told about
+    +-- RequestError                  the client's input is wrong (4xx)
+    |   +-- MalformedBodyError        400 not JSON / not decodable
+    |   +-- BodyTooLargeError         413
+    |   +-- UnsupportedMediaTypeError 415
+    |   +-- InvalidFieldError         422 one or more fields break a rule
+    |   +-- ConflictError             409 same transaction id, other content
+    |   +-- NotFoundError             404
+    +-- UnavailableError              503, always with Retry-After
+    |   +-- OverloadedError           admission control refused the request
+    |   +-- DrainingError             shutting down, intake stopped
+    |   +-- StorageUnavailableError   PostgreSQL unreachable or too slow
+    |   +-- FeatureStoreUnavailableError  Redis unreachable or too slow
+    +-- DeadlineExceededError         504: the deadline passed before scoring
+
+Programming errors (misuse of an API) are plain ``TypeError`` / ``ValueError``
+raised at once and never reach a client as anything but a 500.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class SankofaError(Exception):
+    """Base of every runtime failure Sankofa reports to a client."""
+
+    status = 500
+    type_slug = "internal"
+    title = "Internal error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class RequestError(SankofaError):
+    status = 400
+    type_slug = "bad-request"
+    title = "Bad request"
+
+
+class MalformedBodyError(RequestError):
+    status = 400
+    type_slug = "malformed-body"
+    title = "Malformed request body"
+
+
+class BodyTooLargeError(RequestError):
+    status = 413
+    type_slug = "body-too-large"
+    title = "Request body too large"
+
+
+class UnsupportedMediaTypeError(RequestError):
+    status = 415
+    type_slug = "unsupported-media-type"
+    title = "Unsupported media type"
+
+
+@dataclass(frozen=True, slots=True)
+class FieldIssue:
+    """One broken rule: where (a JSON-pointer-like path) and why."""
+
+    field: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"field": self.field, "message": self.message}
+
+
+class InvalidFieldError(RequestError):
+    status = 422
+    type_slug = "invalid-field"
+    title = "Invalid field"
+
+    def __init__(self, issues: Sequence[FieldIssue]) -> None:
+        if not issues:
+            raise ValueError("issues must not be empty")
+        self.issues = list(issues)
+        first = self.issues[0]
+        more = f" (and {len(self.issues) - 1} more)" if len(self.issues) > 1 else ""
+        super().__init__(f"{first.field}: {first.message}{more}")
+
+
+class ConflictError(RequestError):
+    status = 409
+    type_slug = "transaction-id-conflict"
+    title = "Transaction id already used with other content"
+
+    def __init__(self, detail: str, *, indexes: Sequence[int] = ()) -> None:
+        super().__init__(detail)
+        self.indexes = list(indexes)
+
+
+class NotFoundError(RequestError):
+    status = 404
+    type_slug = "not-found"
+    title = "Not found"
+
+
+class UnavailableError(SankofaError):
+    status = 503
+    type_slug = "unavailable"
+    title = "Service unavailable"
+
+    def __init__(self, detail: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(detail)
+        self.retry_after_s = max(1.0, retry_after_s)
+
+
+class OverloadedError(UnavailableError):
+    type_slug = "overloaded"
+    title = "Overloaded: request shed"
+
+
+class DrainingError(UnavailableError):
+    type_slug = "draining"
+    title = "Shutting down: not accepting work"
+
+
+class StorageUnavailableError(UnavailableError):
+    type_slug = "storage-unavailable"
+    title = "Storage unavailable"
+
+
+class FeatureStoreUnavailableError(UnavailableError):
+    type_slug = "feature-store-unavailable"
+    title = "Feature store unavailable"
+
+
+class DeadlineExceededError(SankofaError):
+    status = 504
+    type_slug = "deadline-exceeded"
+    title = "Deadline passed before scoring"
+
+    def __init__(self, detail: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(detail)
+        self.retry_after_s = max(1.0, retry_after_s)

@@ -1,0 +1,88 @@
+"""One typed settings object, read once from ``SANKOFA_*`` variables and passed down.
+
+Nothing below the edge reads the environment: ``create_app(settings)`` and the
+command line hand the values they need to the parts they build.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: The development pseudonymisation key. Refused outside development so that a
+#: production deployment cannot silently hash identifiers with a public key.
+DEV_HMAC_KEY = "sankofa-development-key-not-for-production"
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Units are in the names."""
+
+    model_config = SettingsConfigDict(env_prefix="SANKOFA_", extra="ignore", frozen=True)
+
+    environment: Literal["development", "test", "production"] = "development"
+
+    # Where the state lives. Unset URLs mean: start embedded servers (``make run``).
+    database_url: str | None = None
+    redis_url: str | None = None
+    data_dir: Path = Path(".sankofa")
+    redis_prefix: str = Field(default="sk", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    hmac_key: SecretStr = SecretStr(DEV_HMAC_KEY)
+
+    # Request limits.
+    max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    max_batch_items: int = Field(default=1000, ge=1, le=10_000)
+    max_metadata_bytes: int = Field(default=2048, ge=64)
+
+    # Dispatcher.
+    max_batch_size: int = Field(default=256, ge=1, le=10_000)
+    max_wait_ms: float = Field(default=2.0, ge=0.0, le=1000.0)
+    max_in_flight_batches: int = Field(default=2, ge=1, le=64)
+    queue_bound_critical: int = Field(default=4096, ge=1)
+    queue_bound_high: int = Field(default=4096, ge=1)
+    queue_bound_normal: int = Field(default=8192, ge=1)
+    queue_bound_low: int = Field(default=8192, ge=1)
+    deadline_ms_critical: float = Field(default=250.0, gt=0)
+    deadline_ms_high: float = Field(default=500.0, gt=0)
+    deadline_ms_normal: float = Field(default=1000.0, gt=0)
+    deadline_ms_low: float = Field(default=5000.0, gt=0)
+    ageing_ms: float = Field(default=200.0, gt=0)
+    drain_grace_s: float = Field(default=10.0, ge=0)
+
+    # Pools and timeouts.
+    db_pool_min: int = Field(default=2, ge=1)
+    db_pool_max: int = Field(default=8, ge=1)
+    db_timeout_s: float = Field(default=5.0, gt=0)
+    redis_pool_max: int = Field(default=16, ge=1)
+    redis_timeout_s: float = Field(default=2.0, gt=0)
+    #: Idle customer/terminal feature keys expire after this long (wall clock).
+    feature_key_ttl_s: int = Field(default=45 * 86_400, ge=60)
+
+    # Model and decision policy.
+    model_path: Path | None = None
+    review_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    decline_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _refuse_unsafe(self) -> Settings:
+        if self.environment == "production" and self.hmac_key.get_secret_value() == DEV_HMAC_KEY:
+            raise ValueError("SANKOFA_HMAC_KEY must be set to a secret outside development")
+        if len(self.hmac_key.get_secret_value()) < 16:
+            raise ValueError("SANKOFA_HMAC_KEY must be at least 16 characters")
+        if self.db_pool_min > self.db_pool_max:
+            raise ValueError("SANKOFA_DB_POOL_MIN must not exceed SANKOFA_DB_POOL_MAX")
+        if (
+            self.review_threshold is not None
+            and self.decline_threshold is not None
+            and self.review_threshold > self.decline_threshold
+        ):
+            raise ValueError("SANKOFA_REVIEW_THRESHOLD must not exceed SANKOFA_DECLINE_THRESHOLD")
+        return self
