@@ -1,0 +1,40 @@
+"""The model's input vector: names, order and window definitions.
+
+The order is the Fraud Detection Handbook's (handbook-spec.md, section 2),
+preceded by the amount. Online (Redis) and offline (numpy) feature code both
+build exactly this vector, and model artefacts name it, so a model can only be
+loaded against the features it was trained on.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+DAY_S: Final = 86_400
+#: Customer spending windows, in days: (t - w days, t], current transaction included.
+CUSTOMER_WINDOWS_DAYS: Final = (1, 7, 30)
+#: Terminal risk windows, in days: (t - (delay + w) days, t - delay days].
+TERMINAL_WINDOWS_DAYS: Final = (1, 7, 30)
+#: Labels become known this long after the transaction (the handbook's 7 days).
+LABEL_DELAY_DAYS: Final = 7
+#: A transaction is at night when its local hour is <= this (00:00:00-06:59:59).
+NIGHT_LAST_HOUR: Final = 6
+
+FEATURE_NAMES: Final[tuple[str, ...]] = (
+    "TX_AMOUNT",
+    "TX_DURING_WEEKEND",
+    "TX_DURING_NIGHT",
+    "CUSTOMER_ID_NB_TX_1DAY_WINDOW",
+    "CUSTOMER_ID_AVG_AMOUNT_1DAY_WINDOW",
+    "CUSTOMER_ID_NB_TX_7DAY_WINDOW",
+    "CUSTOMER_ID_AVG_AMOUNT_7DAY_WINDOW",
+    "CUSTOMER_ID_NB_TX_30DAY_WINDOW",
+    "CUSTOMER_ID_AVG_AMOUNT_30DAY_WINDOW",
+    "TERMINAL_ID_NB_TX_1DAY_WINDOW",
+    "TERMINAL_ID_RISK_1DAY_WINDOW",
+    "TERMINAL_ID_NB_TX_7DAY_WINDOW",
+    "TERMINAL_ID_RISK_7DAY_WINDOW",
+    "TERMINAL_ID_NB_TX_30DAY_WINDOW",
+    "TERMINAL_ID_RISK_30DAY_WINDOW",
+)
+N_FEATURES: Final = len(FEATURE_NAMES)
