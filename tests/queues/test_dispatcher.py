@@ -77,7 +77,9 @@ def handler() -> Recorder:
     return Recorder()
 
 
-async def submit_all(d: Dispatcher[Any, Any], items: list[tuple[Any, Priority]]) -> list[asyncio.Task[Any]]:
+async def submit_all(
+    d: Dispatcher[Any, Any], items: list[tuple[Any, Priority]]
+) -> list[asyncio.Task[Any]]:
     tasks = [asyncio.create_task(d.submit(p, priority=pr)) for p, pr in items]
     await settle()
     return tasks
@@ -164,7 +166,9 @@ async def test_ageing_bound_under_a_steady_critical_stream(clock: ManualClock) -
     await d.close()
 
 
-async def test_low_item_gets_504_at_its_deadline_if_ageing_is_longer(handler: Recorder, clock: ManualClock) -> None:
+async def test_low_item_gets_504_at_its_deadline_if_ageing_is_longer(
+    handler: Recorder, clock: ManualClock
+) -> None:
     handler.gate.clear()
     d = make(handler, clock, max_batch_size=1, ageing_s=50.0, deadline_s=2.0)
     await d.start()
@@ -180,7 +184,9 @@ async def test_low_item_gets_504_at_its_deadline_if_ageing_is_longer(handler: Re
     await d.close()
 
 
-async def test_deadline_enforced_on_a_timer_while_the_worker_is_busy(handler: Recorder, clock: ManualClock) -> None:
+async def test_deadline_enforced_on_a_timer_while_the_worker_is_busy(
+    handler: Recorder, clock: ManualClock
+) -> None:
     handler.gate.clear()
     d = make(handler, clock, max_batch_size=1, deadline_s=0.5)
     await d.start()
@@ -196,7 +202,9 @@ async def test_deadline_enforced_on_a_timer_while_the_worker_is_busy(handler: Re
     await d.close()
 
 
-async def test_request_timeout_shortens_but_never_lengthens(handler: Recorder, clock: ManualClock) -> None:
+async def test_request_timeout_shortens_but_never_lengthens(
+    handler: Recorder, clock: ManualClock
+) -> None:
     handler.gate.clear()
     d = make(handler, clock, max_batch_size=1, deadline_s=1.0)
     await d.start()
@@ -216,7 +224,9 @@ async def test_request_timeout_shortens_but_never_lengthens(handler: Recorder, c
     await d.close()
 
 
-async def test_critical_never_waits_for_a_batch_to_fill(handler: Recorder, clock: ManualClock) -> None:
+async def test_critical_never_waits_for_a_batch_to_fill(
+    handler: Recorder, clock: ManualClock
+) -> None:
     d = make(handler, clock, max_batch_size=100, max_wait_s=5.0)
     await d.start()
     normal = asyncio.create_task(d.submit("n", priority=N))
@@ -257,7 +267,9 @@ async def test_full_batch_leaves_without_waiting(handler: Recorder, clock: Manua
     await d.close()
 
 
-async def test_shedding_order_low_first_critical_last(handler: Recorder, clock: ManualClock) -> None:
+async def test_shedding_order_low_first_critical_last(
+    handler: Recorder, clock: ManualClock
+) -> None:
     handler.gate.clear()
     # Total capacity 400: low shed past 200 queued, normal past 300, high past 360.
     d = make(handler, clock, bound=100, max_batch_size=1)
@@ -280,7 +292,9 @@ async def test_shedding_order_low_first_critical_last(handler: Recorder, clock: 
     await d.close()
 
 
-async def test_high_still_admitted_when_low_and_normal_are_shed(handler: Recorder, clock: ManualClock) -> None:
+async def test_high_still_admitted_when_low_and_normal_are_shed(
+    handler: Recorder, clock: ManualClock
+) -> None:
     handler.gate.clear()
     d = make(handler, clock, bound=100, max_batch_size=1)
     await d.start()
@@ -313,7 +327,9 @@ async def test_overloaded_carries_retry_after(handler: Recorder, clock: ManualCl
     await d.close()
 
 
-async def test_a_failing_batch_fails_only_its_own_requests(handler: Recorder, clock: ManualClock) -> None:
+async def test_a_failing_batch_fails_only_its_own_requests(
+    handler: Recorder, clock: ManualClock
+) -> None:
     handler.fail_when = lambda p: p == "bad"
     d = make(handler, clock, max_batch_size=1)
     await d.start()
@@ -361,7 +377,9 @@ async def test_drain_answers_what_is_left_at_the_grace_deadline(handler: Recorde
     assert all(isinstance(r, DrainingError) for r in results[1:])
 
 
-async def test_cancelled_request_is_dropped_before_dispatch(handler: Recorder, clock: ManualClock) -> None:
+async def test_cancelled_request_is_dropped_before_dispatch(
+    handler: Recorder, clock: ManualClock
+) -> None:
     handler.gate.clear()
     d = make(handler, clock, max_batch_size=1)
     await d.start()
@@ -397,8 +415,22 @@ def test_constructor_checks_its_arguments() -> None:
 
     policies = {p: ClassPolicy(10, 1.0) for p in Priority}
     with pytest.raises(ValueError, match="max_batch_size"):
-        Dispatcher(handler=h, policies=policies, max_batch_size=0, max_wait_s=0, max_in_flight=1, ageing_s=1)
+        Dispatcher(
+            handler=h,
+            policies=policies,
+            max_batch_size=0,
+            max_wait_s=0,
+            max_in_flight=1,
+            ageing_s=1,
+        )
     with pytest.raises(ValueError, match="policies"):
-        Dispatcher(handler=h, policies={C: ClassPolicy(1, 1)}, max_batch_size=1, max_wait_s=0, max_in_flight=1, ageing_s=1)
+        Dispatcher(
+            handler=h,
+            policies={C: ClassPolicy(1, 1)},
+            max_batch_size=1,
+            max_wait_s=0,
+            max_in_flight=1,
+            ageing_s=1,
+        )
     with pytest.raises(ValueError, match="queue_bound"):
         ClassPolicy(0, 1.0)

@@ -1,1 +1,1 @@
-"""evaluation."""
+"""Detection quality: metrics, the handbook protocols, training."""

@@ -1,1 +1,1 @@
-"""queues."""
+"""The priority dispatcher: per-class FIFOs, micro-batches, deadlines, shedding."""

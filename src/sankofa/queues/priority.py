@@ -55,9 +55,7 @@ class PriorityHeaderError(ValueError):
 def parse_x_priority(value: str) -> Priority:
     p = _BY_NAME.get(value.strip().lower())
     if p is None:
-        raise PriorityHeaderError(
-            f"X-Priority must be one of {', '.join(PRIORITY_NAMES)}"
-        )
+        raise PriorityHeaderError(f"X-Priority must be one of {', '.join(PRIORITY_NAMES)}")
     return p
 
 

@@ -1,1 +1,1 @@
-"""sim."""
+"""The handbook simulator, data readers, replay and feature comparison."""

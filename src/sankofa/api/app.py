@@ -1,0 +1,161 @@
+"""The application factory and the lifespan that owns every resource.
+
+Start order: PostgreSQL pool (and migrations), Redis client, feature store,
+model, scoring engine, dispatcher. Shutdown runs in reverse: the dispatcher
+drains first (intake stops, queued work is served until the grace deadline,
+the rest is answered 503), then Redis and the pool close.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from redis.asyncio import BlockingConnectionPool, Redis
+
+from sankofa import __version__
+from sankofa.api import problems, schemas
+from sankofa.api.headers import RequestIdMiddleware
+from sankofa.api.routes import router
+from sankofa.api.services import Services
+from sankofa.engine.decision import DecisionPolicy
+from sankofa.engine.features_online import FeatureStore
+from sankofa.engine.model import LogisticModel
+from sankofa.engine.scorer import ScoringEngine
+from sankofa.engine.serving import load_model, policy_for
+from sankofa.engine.transaction import TransactionParser
+from sankofa.queues.dispatcher import ClassPolicy, Dispatcher
+from sankofa.queues.priority import Priority
+from sankofa.settings import Settings
+from sankofa.store.db import create_pool, migrate
+
+log = logging.getLogger(__name__)
+
+
+def class_policies(settings: Settings) -> dict[Priority, ClassPolicy]:
+    s = settings
+    return {
+        Priority.CRITICAL: ClassPolicy(s.queue_bound_critical, s.deadline_ms_critical / 1000),
+        Priority.HIGH: ClassPolicy(s.queue_bound_high, s.deadline_ms_high / 1000),
+        Priority.NORMAL: ClassPolicy(s.queue_bound_normal, s.deadline_ms_normal / 1000),
+        Priority.LOW: ClassPolicy(s.queue_bound_low, s.deadline_ms_low / 1000),
+    }
+
+
+def redis_client(settings: Settings) -> Redis:
+    if settings.redis_url is None:
+        raise ValueError("SANKOFA_REDIS_URL is not set (the CLI starts an embedded Redis)")
+    pool = BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=settings.redis_pool_max,
+        timeout=settings.redis_timeout_s,
+        socket_timeout=settings.redis_timeout_s,
+        socket_connect_timeout=settings.redis_timeout_s,
+    )
+    # from_pool: the client owns the pool, so aclose() closes its connections too.
+    return Redis.from_pool(pool)
+
+
+@asynccontextmanager
+async def open_services(
+    settings: Settings, *, model: LogisticModel | None = None
+) -> AsyncIterator[Services]:
+    """Open everything the service needs, in order; close it all in reverse."""
+    if settings.database_url is None:
+        raise ValueError("SANKOFA_DATABASE_URL is not set (the CLI starts an embedded PostgreSQL)")
+    async with AsyncExitStack() as stack:
+        pool = await create_pool(
+            settings.database_url,
+            min_size=settings.db_pool_min,
+            max_size=settings.db_pool_max,
+            timeout_s=settings.db_timeout_s,
+        )
+        stack.push_async_callback(pool.close)
+        async with pool.acquire() as conn:
+            await migrate(conn)
+
+        redis = redis_client(settings)
+        stack.push_async_callback(redis.aclose)
+        features = FeatureStore(
+            redis=redis,
+            prefix=settings.redis_prefix,
+            timeout_s=settings.redis_timeout_s,
+            key_ttl_s=settings.feature_key_ttl_s,
+        )
+        served = model if model is not None else load_model(settings.model_path)
+        policy: DecisionPolicy = policy_for(served, settings)
+        engine = ScoringEngine(
+            pool=pool,
+            features=features,
+            model=served,
+            policy=policy,
+            db_timeout_s=settings.db_timeout_s,
+        )
+        dispatcher = Dispatcher(
+            handler=engine.handle,
+            policies=class_policies(settings),
+            max_batch_size=settings.max_batch_size,
+            max_wait_s=settings.max_wait_ms / 1000,
+            max_in_flight=settings.max_in_flight_batches,
+            ageing_s=settings.ageing_ms / 1000,
+        )
+        await dispatcher.start()
+        stack.push_async_callback(_drain, dispatcher, settings.drain_grace_s)
+        yield Services(
+            settings=settings,
+            pool=pool,
+            redis=redis,
+            features=features,
+            parser=TransactionParser(
+                hmac_key=settings.hmac_key.get_secret_value().encode(),
+                max_metadata_bytes=settings.max_metadata_bytes,
+            ),
+            engine=engine,
+            dispatcher=dispatcher,
+        )
+
+
+async def _drain(dispatcher: Dispatcher[Any, Any], grace_s: float) -> None:
+    left = await dispatcher.drain(grace_s)
+    st = dispatcher.stats
+    log.info(
+        "dispatcher drained: %d batches, %d transactions, %d refused at shutdown",
+        st.batches,
+        st.batch_items,
+        left,
+    )
+
+
+def create_app(settings: Settings, *, model: LogisticModel | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        async with open_services(settings, model=model) as services:
+            yield {"services": services}
+
+    app = FastAPI(
+        title="Sankofa",
+        version=__version__,
+        summary="Real-time fraud scoring for payments in Brazil (cards, PIX, TED, boleto)",
+        lifespan=lifespan,
+    )
+    app.include_router(router)
+    problems.install(app)
+    app.add_middleware(RequestIdMiddleware)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = get_openapi(
+                title=app.title, version=app.version, summary=app.summary, routes=app.routes
+            )
+            doc.setdefault("components", {}).setdefault("schemas", {}).update(
+                schemas.component_schemas()
+            )
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,221 @@
+"""The HTTP surface: scoring, labels, reads and health."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any, Final
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from sankofa.api import schemas
+from sankofa.api.body import read_json
+from sankofa.api.headers import priority_of, timeout_of
+from sankofa.api.services import Services
+from sankofa.engine import constants as C
+from sankofa.engine.labels import parse_labels
+from sankofa.engine.scorer import DB_DOWN, ScoreRequest
+from sankofa.errors import (
+    BodyTooLargeError,
+    FeatureStoreUnavailableError,
+    FieldIssue,
+    InvalidFieldError,
+    NotFoundError,
+    StorageUnavailableError,
+)
+from sankofa.store import repository as repo
+
+_TXID: Final = re.compile(C.TRANSACTION_ID_PATTERN)
+
+router = APIRouter()
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(
+        content=orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
+        status_code=status,
+        media_type="application/json",
+    )
+
+
+def _services(request: Request) -> Services:
+    services: Services = request.state.services
+    return services
+
+
+@router.post(
+    "/v1/transactions",
+    summary="Score one transaction",
+    response_model=schemas.DecisionOut,
+    responses=schemas.PROBLEM_RESPONSES,
+    openapi_extra=schemas.body_ref("TransactionIn"),
+    tags=["scoring"],
+)
+async def score_one(request: Request) -> Response:
+    s = _services(request)
+    priority = priority_of(request.headers)
+    timeout_s = timeout_of(request.headers)
+    body = await read_json(request, s.settings.max_body_bytes)
+    tx = s.parser.parse(body)
+    decisions = await s.dispatcher.submit(
+        ScoreRequest([tx]), priority=priority, size=1, timeout_s=timeout_s
+    )
+    return _json(decisions[0])
+
+
+@router.post(
+    "/v1/transactions/batch",
+    summary="Score up to 1000 transactions; results in the same order",
+    response_model=schemas.BatchDecisionOut,
+    responses=schemas.PROBLEM_RESPONSES,
+    openapi_extra=schemas.body_ref("TransactionBatchIn"),
+    tags=["scoring"],
+)
+async def score_batch(request: Request) -> Response:
+    s = _services(request)
+    priority = priority_of(request.headers)
+    timeout_s = timeout_of(request.headers)
+    body = await read_json(request, s.settings.max_body_bytes)
+    if not isinstance(body, dict) or not isinstance(body.get("transactions"), list):
+        raise InvalidFieldError([FieldIssue("transactions", "must be a list of transactions")])
+    extra = body.keys() - {"transactions"}
+    if extra:
+        raise InvalidFieldError([FieldIssue(k, "unknown field") for k in sorted(extra)])
+    items = body["transactions"]
+    if not items:
+        raise InvalidFieldError([FieldIssue("transactions", "must hold at least one transaction")])
+    limit = s.settings.max_batch_items
+    if len(items) > limit:
+        raise BodyTooLargeError(f"at most {limit} transactions per batch, got {len(items)}")
+    txs = s.parser.parse_many(items, prefix="transactions")
+    decisions = await s.dispatcher.submit(
+        ScoreRequest(txs), priority=priority, size=len(txs), timeout_s=timeout_s
+    )
+    return _json({"count": len(decisions), "results": decisions})
+
+
+@router.post(
+    "/v1/labels",
+    summary="Record labels (fraud or not) learnt after the fact",
+    response_model=schemas.LabelsOut,
+    responses=schemas.PROBLEM_RESPONSES,
+    openapi_extra=schemas.body_ref("LabelsIn"),
+    tags=["labels"],
+)
+async def post_labels(request: Request) -> Response:
+    s = _services(request)
+    body = await read_json(request, s.settings.max_body_bytes)
+    labels = parse_labels(body, max_items=s.settings.max_batch_items)
+    try:
+        async with asyncio.timeout(s.settings.db_timeout_s):
+            async with s.pool.acquire() as conn, conn.transaction():
+                applied, unknown = await repo.store_labels(conn, labels)
+                if unknown:
+                    raise InvalidFieldError(
+                        [
+                            FieldIssue(f"labels[{i}].transaction_id", "no such transaction")
+                            for i in unknown
+                        ]
+                    )
+    except DB_DOWN as exc:
+        raise StorageUnavailableError(f"storage unavailable: {type(exc).__name__}") from exc
+    # Stored durably; now visible to terminal-risk features. If Redis is down the
+    # client gets a 503 and retries: storing a label again changes nothing.
+    await s.features.apply_labels(applied)
+    return _json({"received": len(labels), "applied": len(applied)})
+
+
+@router.get(
+    "/v1/transactions/{transaction_id}",
+    summary="The stored transaction and its decision",
+    responses=schemas.PROBLEM_RESPONSES,
+    tags=["reads"],
+)
+async def get_transaction(request: Request, transaction_id: str) -> Response:
+    s = _services(request)
+    if not _TXID.match(transaction_id):
+        raise InvalidFieldError(
+            [FieldIssue("transaction_id", "must be 1-64 characters of A-Z a-z 0-9 . _ : -")]
+        )
+    try:
+        async with asyncio.timeout(s.settings.db_timeout_s):
+            async with s.pool.acquire() as conn:
+                row = await repo.get_transaction(conn, transaction_id)
+    except DB_DOWN as exc:
+        raise StorageUnavailableError(f"storage unavailable: {type(exc).__name__}") from exc
+    if row is None:
+        raise NotFoundError(f"no transaction {transaction_id}")
+    return _json(_transaction_view(row))
+
+
+def _transaction_view(row: dict[str, Any]) -> dict[str, Any]:
+    from datetime import timedelta, timezone
+
+    local = row["event_time"].astimezone(timezone(timedelta(seconds=row["utc_offset_s"])))
+    return {
+        "transaction": {
+            "transaction_id": row["transaction_id"],
+            "timestamp": local.isoformat(),
+            "amount": str(row["amount"]),
+            "currency": row["currency"].strip(),
+            "customer_ref": row["customer_ref"],
+            "terminal_id": row["terminal_id"],
+            "type": row["tx_type"],
+            "channel": row["channel"],
+            "device_ref": row["device_ref"],
+            "ip_ref": row["ip_ref"],
+            "metadata": row["metadata"],
+            "received_at": row["received_at"].isoformat(),
+        },
+        "decision": {
+            "decision": row["decision"],
+            "risk_score": row["risk_score"],
+            "risk_level": row["risk_level"],
+            "reasons": list(row["reasons"]),
+            "model_version": row["model_version"],
+            "features": list(row["features"]),
+            "priority": row["priority"],
+            "queue_ms": row["queue_ms"],
+            "processing_ms": row["processing_ms"],
+            "batch_size": row["batch_size"],
+            "decided_at": row["decided_at"].isoformat(),
+        },
+        "label": None
+        if row["label_fraud"] is None
+        else {"fraud": row["label_fraud"], "labelled_at": row["labelled_at"].isoformat()},
+    }
+
+
+@router.get("/health/live", summary="The process is up", tags=["health"])
+async def live() -> Response:
+    return _json({"status": "ok"})
+
+
+@router.get("/health/ready", summary="Ready to score: database, Redis, dispatcher", tags=["health"])
+async def ready(request: Request) -> Response:
+    s = _services(request)
+    checks: dict[str, bool] = {}
+    try:
+        async with asyncio.timeout(1.0):
+            async with s.pool.acquire() as conn:
+                checks["database"] = await conn.fetchval("SELECT 1") == 1
+    except DB_DOWN:
+        checks["database"] = False
+    try:
+        checks["redis"] = await s.features.ping()
+    except FeatureStoreUnavailableError:
+        checks["redis"] = False
+    checks["dispatcher"] = s.dispatcher.running
+    checks["accepting"] = not s.dispatcher.draining
+    ok = all(checks.values())
+    body = {"status": "ready" if ok else "not-ready", "checks": checks}
+    if ok:
+        return _json(body)
+    return Response(
+        content=orjson.dumps(body),
+        status_code=503,
+        media_type="application/json",
+        headers={"Retry-After": "1"},
+    )

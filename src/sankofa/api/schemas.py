@@ -1,0 +1,132 @@
+"""OpenAPI shapes of the API, for ``/docs``.
+
+The hot path validates with ``engine.transaction`` (hand-written, one pass, a
+message per broken rule); these models only describe the contract to readers
+and client generators. A test checks both agree on the field names.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TransactionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    transaction_id: str = Field(
+        pattern=r"^[A-Za-z0-9._:-]{1,64}$", description="The idempotency key.", examples=["tx-0001"]
+    )
+    timestamp: str = Field(
+        description="RFC 3339 with an offset; naive times are refused. Event time.",
+        examples=["2018-04-01T10:00:00-03:00"],
+    )
+    amount: str | float = Field(
+        description="Decimal string or JSON number; > 0, at most 2 decimals, at most 10^12.",
+        examples=["48.70"],
+    )
+    currency: str = Field(default="BRL", description="ISO 4217 code.")
+    customer_id: str = Field(description="The payer; stored pseudonymised (keyed HMAC).")
+    terminal_id: str = Field(description="Terminal, merchant or receiver (PIX key, account).")
+    type: Literal["card", "pix", "ted", "boleto"] = "card"
+    channel: str | None = Field(default=None, pattern=r"^[a-z0-9_]{1,32}$")
+    device_id: str | None = None
+    ip_address: str | None = None
+    metadata: dict[str, str | int | float | bool | None] | None = Field(
+        default=None, description="Small flat object (at most 32 keys, 2 KB)."
+    )
+
+
+class TransactionBatchIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    transactions: list[TransactionIn] = Field(min_length=1, max_length=1000)
+
+
+class DecisionOut(BaseModel):
+    transaction_id: str
+    decision: Literal["approve", "review", "decline"]
+    risk_score: float = Field(ge=0, le=1, description="Calibrated probability of fraud.")
+    risk_level: Literal["LOW", "MEDIUM", "HIGH", "CRITICAL"]
+    reasons: list[str] = Field(description="Stable machine-readable codes, most important first.")
+    model_version: str
+    priority: Literal["critical", "high", "normal", "low"]
+    replayed: bool = Field(
+        description="True when this id was already decided: the stored decision."
+    )
+    queue_ms: float
+    processing_ms: float
+    batch_size: int
+
+
+class BatchDecisionOut(BaseModel):
+    count: int
+    results: list[DecisionOut]
+
+
+class LabelIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    transaction_id: str
+    fraud: bool
+    labelled_at: str | None = Field(default=None, description="RFC 3339; defaults to now.")
+
+
+class LabelsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    labels: list[LabelIn] = Field(min_length=1, max_length=1000)
+
+
+class LabelsOut(BaseModel):
+    received: int
+    applied: int
+
+
+class Problem(BaseModel):
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    errors: list[dict[str, str]] | None = None
+    indexes: list[int] | None = None
+
+
+def body_ref(name: str) -> dict[str, Any]:
+    """``openapi_extra`` for a route that reads its own body: point at a component."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}},
+        }
+    }
+
+
+#: Request models documented as components (their nested models come along).
+REQUEST_MODELS: tuple[type[BaseModel], ...] = (TransactionIn, TransactionBatchIn, LabelsIn)
+
+
+def component_schemas() -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for model in REQUEST_MODELS:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        out.update(schema.pop("$defs", {}))
+        out[model.__name__] = schema
+    return out
+
+
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": Problem, "content": {"application/problem+json": {}}, "description": desc}
+    for code, desc in {
+        400: "Malformed JSON",
+        404: "Not found",
+        409: "Transaction id already used with other content",
+        413: "Body too large",
+        415: "Wrong media type",
+        422: "Invalid field (which, and why)",
+        503: "Overloaded or draining (with Retry-After)",
+        504: "Deadline passed before scoring",
+    }.items()
+}

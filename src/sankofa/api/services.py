@@ -1,0 +1,25 @@
+"""What the lifespan opens and the routes use, handed over as one object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+from redis.asyncio import Redis
+
+from sankofa.engine.features_online import FeatureStore
+from sankofa.engine.scorer import DecisionOut, ScoreRequest, ScoringEngine
+from sankofa.engine.transaction import TransactionParser
+from sankofa.queues.dispatcher import Dispatcher
+from sankofa.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    settings: Settings
+    pool: asyncpg.Pool
+    redis: Redis
+    features: FeatureStore
+    parser: TransactionParser
+    engine: ScoringEngine
+    dispatcher: Dispatcher[ScoreRequest, list[DecisionOut]]

@@ -1,0 +1,1 @@
+"""Scoring: validation, online features, the model, decisions, the batch handler."""

@@ -1,0 +1,295 @@
+"""The batch handler: features, model, decision and a durable commit for a batch.
+
+For one batch of jobs (each job = one request of 1..1000 transactions):
+
+1. One PostgreSQL transaction is opened; the ids already stored are read.
+   An id stored with the same content is a replay (its stored decision comes
+   back, ``replayed: true``, nothing is counted again); with other content it is
+   a conflict, and that whole request is refused with 409 (requests are atomic).
+   An id repeated within the batch by another request is treated the same way.
+2. One Redis round trip computes the online features of the new transactions.
+3. One numpy call scores them; the decision policy turns scores into decisions.
+4. Transactions and decisions are written with COPY; the transaction commits.
+   Only then are the futures resolved, so a 200 means committed.
+
+If the commit fails, what step 2 counted is taken back out of Redis, so a
+refused transaction leaves no trace and its retry is counted exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import asyncpg
+import numpy as np
+import numpy.typing as npt
+
+from sankofa.engine.decision import DecisionPolicy, decide
+from sankofa.engine.features_online import FeatureStore
+from sankofa.engine.transaction import Transaction
+from sankofa.errors import ConflictError, SankofaError, StorageUnavailableError
+from sankofa.queues.dispatcher import Job
+from sankofa.store import repository as repo
+
+log = logging.getLogger(__name__)
+
+#: asyncpg / socket failures that mean "the database is unavailable".
+DB_DOWN: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.QueryCanceledError,
+    asyncpg.AdminShutdownError,
+    OSError,
+    TimeoutError,
+)
+
+
+class ScoringModel(Protocol):
+    """What the engine needs of a model: names, a version, one vectorised call."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def feature_names(self) -> tuple[str, ...]: ...
+
+    def predict(
+        self, x: npt.NDArray[np.float64]
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
+        """(scores in [0,1], per-feature logit contributions, rows needing a fallback)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreRequest:
+    transactions: list[Transaction]
+
+
+DecisionOut = dict[str, Any]
+ScoreJob = Job[ScoreRequest, list[DecisionOut]]
+
+
+class _Conflict(Exception):
+    pass
+
+
+class ScoringEngine:
+    """Scores batches of requests; see the module docstring for the steps."""
+
+    def __init__(
+        self,
+        *,
+        pool: asyncpg.Pool,
+        features: FeatureStore,
+        model: ScoringModel,
+        policy: DecisionPolicy,
+        db_timeout_s: float,
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not db_timeout_s > 0:
+            raise ValueError("db_timeout_s must be > 0")
+        self._pool = pool
+        self._features = features
+        self._model = model
+        self._policy = policy
+        self._db_timeout_s = db_timeout_s
+        self._now = now
+        self.db_transactions = 0
+
+    @property
+    def model(self) -> ScoringModel:
+        return self._model
+
+    async def handle(self, jobs: Sequence[ScoreJob]) -> list[list[DecisionOut] | BaseException]:
+        started = self._now()
+        try:
+            return await self._handle(jobs, started)
+        except asyncpg.UniqueViolationError:
+            # Another batch stored one of our ids between our read and our COPY.
+            # Everything was rolled back and un-counted: run again, and the read
+            # will now classify that id as a replay or a conflict.
+            log.info("id race with a concurrent batch; retrying the batch once")
+            return await self._handle(jobs, started)
+
+    async def _handle(
+        self, jobs: Sequence[ScoreJob], started: float
+    ) -> list[list[DecisionOut] | BaseException]:
+        results: list[list[DecisionOut] | BaseException | None] = [None] * len(jobs)
+        ids = list({tx.transaction_id for job in jobs for tx in job.payload.transactions})
+        new_txs: list[Transaction] = []
+        new_job: list[int] = []
+        flags: npt.NDArray[np.int64] | None = None
+        try:
+            async with asyncio.timeout(self._db_timeout_s):
+                async with self._pool.acquire() as conn:
+                    async with conn.transaction():
+                        self.db_transactions += 1
+                        existing = await repo.find_existing(conn, ids)
+                        plan = self._plan(jobs, existing, results)
+                        for j, tx in plan:
+                            new_txs.append(tx)
+                            new_job.append(j)
+                        online = await self._features.compute(new_txs)
+                        flags = online.flags
+                        rows = self._decide(jobs, new_txs, new_job, online.matrix, started)
+                        await repo.insert_batch(conn, new_txs, rows)
+        except BaseException as exc:
+            if flags is not None and new_txs:
+                await self._forget(new_txs, flags)
+            if isinstance(exc, asyncpg.UniqueViolationError):
+                raise
+            if isinstance(exc, SankofaError):
+                return [exc] * len(jobs)
+            if isinstance(exc, DB_DOWN):
+                err = StorageUnavailableError(
+                    f"storage unavailable: {type(exc).__name__}", retry_after_s=1.0
+                )
+                return [err] * len(jobs)
+            raise
+        return self._results(jobs, results, existing, new_txs, new_job, rows)
+
+    def _plan(
+        self,
+        jobs: Sequence[ScoreJob],
+        existing: dict[str, repo.StoredDecision],
+        results: list[list[DecisionOut] | BaseException | None],
+    ) -> list[tuple[int, Transaction]]:
+        """Which transactions are new; fills ``results`` with 409s for conflicting jobs."""
+        seen: dict[str, bytes] = {}
+        plan: list[tuple[int, Transaction]] = []
+        for j, job in enumerate(jobs):
+            mine: list[tuple[int, Transaction]] = []
+            conflicts: list[int] = []
+            for i, tx in enumerate(job.payload.transactions):
+                stored = existing.get(tx.transaction_id)
+                known_hash = (
+                    stored.content_hash if stored is not None else seen.get(tx.transaction_id)
+                )
+                if known_hash is None:
+                    mine.append((j, tx))
+                elif known_hash != tx.content_hash:
+                    conflicts.append(i)
+            if conflicts:
+                n = len(job.payload.transactions)
+                where = f" at index {', '.join(map(str, conflicts))}" if n > 1 else ""
+                results[j] = ConflictError(
+                    f"transaction_id already used with other content{where}", indexes=conflicts
+                )
+                continue
+            for _, tx in mine:
+                seen[tx.transaction_id] = tx.content_hash
+            plan.extend(mine)
+        return plan
+
+    def _decide(
+        self,
+        jobs: Sequence[ScoreJob],
+        txs: list[Transaction],
+        job_of: list[int],
+        x: npt.NDArray[np.float64],
+        started: float,
+    ) -> list[repo.DecisionRow]:
+        if not txs:
+            return []
+        scores, contributions, fallback = self._model.predict(x)
+        d = decide(self._policy, scores, contributions, self._model.feature_names, fallback)
+        processing_ms = (self._now() - started) * 1000.0
+        batch_size = sum(len(job.payload.transactions) for job in jobs)
+        version = f"{self._model.name}@{self._model.version}"
+        score_list = scores.tolist()
+        x_list = x.tolist()
+        return [
+            repo.DecisionRow(
+                transaction_id=tx.transaction_id,
+                decision=d.decision[i],
+                risk_score=score_list[i],
+                risk_level=d.risk_level[i],
+                reasons=d.reasons[i],
+                model_version=version,
+                features=x_list[i],
+                priority=jobs[job_of[i]].priority.label,
+                queue_ms=jobs[job_of[i]].queue_s * 1000.0,
+                processing_ms=processing_ms,
+                batch_size=batch_size,
+            )
+            for i, tx in enumerate(txs)
+        ]
+
+    def _results(
+        self,
+        jobs: Sequence[ScoreJob],
+        results: list[list[DecisionOut] | BaseException | None],
+        existing: dict[str, repo.StoredDecision],
+        new_txs: list[Transaction],
+        new_job: list[int],
+        rows: list[repo.DecisionRow],
+    ) -> list[list[DecisionOut] | BaseException]:
+        fresh = {tx.transaction_id: row for tx, row in zip(new_txs, rows, strict=True)}
+        fresh_job = {tx.transaction_id: j for tx, j in zip(new_txs, new_job, strict=True)}
+        out: list[list[DecisionOut] | BaseException] = []
+        for j, job in enumerate(jobs):
+            done = results[j]
+            if done is not None:
+                out.append(done)
+                continue
+            decisions: list[DecisionOut] = []
+            for tx in job.payload.transactions:
+                row = fresh.get(tx.transaction_id)
+                if row is not None:
+                    decisions.append(_fresh_out(row, replayed=fresh_job[tx.transaction_id] != j))
+                else:
+                    decisions.append(_stored_out(existing[tx.transaction_id]))
+            out.append(decisions)
+        return out
+
+    async def _forget(self, txs: list[Transaction], flags: npt.NDArray[np.int64]) -> None:
+        try:
+            await self._features.forget(txs, flags.tolist())
+        except Exception:
+            log.exception(
+                "could not take %d uncommitted transactions back out of the feature store;"
+                " run `sankofa features rebuild` if Redis stays inconsistent",
+                len(txs),
+            )
+
+
+def _fresh_out(row: repo.DecisionRow, *, replayed: bool) -> DecisionOut:
+    return {
+        "transaction_id": row.transaction_id,
+        "decision": row.decision,
+        "risk_score": row.risk_score,
+        "risk_level": row.risk_level,
+        "reasons": row.reasons,
+        "model_version": row.model_version,
+        "priority": row.priority,
+        "replayed": replayed,
+        "queue_ms": round(row.queue_ms, 3),
+        "processing_ms": round(row.processing_ms, 3),
+        "batch_size": row.batch_size,
+    }
+
+
+def _stored_out(s: repo.StoredDecision) -> DecisionOut:
+    return {
+        "transaction_id": s.transaction_id,
+        "decision": s.decision,
+        "risk_score": s.risk_score,
+        "risk_level": s.risk_level,
+        "reasons": s.reasons,
+        "model_version": s.model_version,
+        "priority": s.priority,
+        "replayed": True,
+        "queue_ms": round(s.queue_ms, 3),
+        "processing_ms": round(s.processing_ms, 3),
+        "batch_size": s.batch_size,
+    }

@@ -1,0 +1,394 @@
+"""A transaction as it arrives: every field rule of DESIGN.md, checked in one pass.
+
+Hand-written rather than a pydantic model because the rules are specific
+(decimal amounts without float artefacts, RFC 3339 with a mandatory offset,
+pseudonymised identifiers) and because this runs for every transaction on the
+hot path; every broken rule is reported, each with the field that broke it.
+
+Documented rules beyond the field table:
+
+* ``amount`` as a JSON number is read as the shortest decimal that gives back
+  the same double (``0.1`` is 0.10, ``1e3`` is 1000.00). As a string it must be
+  plain decimal notation (``"48.70"``): no exponent, sign, spaces or comma, so
+  ``"1e3"`` and ``"12,50"`` are refused. Either way at most two decimals,
+  greater than 0, at most 10^12.
+* ``timestamp``: ``YYYY-MM-DDTHH:MM:SS[.fraction](Z|+HH:MM|-HH:MM)``. A time
+  without an offset is refused. Leap seconds (second 60) are refused, since no
+  event time can be computed for them. Night and weekend are computed in the
+  timestamp's own offset.
+* Identifiers (``customer_id``, ``terminal_id``, ``device_id``) are strings of
+  1-128 printable characters. Unknown fields are refused, so a misspelt field
+  never passes silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal, InvalidOperation
+from functools import lru_cache
+from typing import Any, Final
+
+import orjson
+
+from sankofa.engine import constants as C
+from sankofa.errors import FieldIssue, InvalidFieldError
+
+_TXID: Final = re.compile(C.TRANSACTION_ID_PATTERN)
+_AMOUNT_TEXT: Final = re.compile(r"^[0-9]{1,16}(\.[0-9]{1,2})?$")
+_CHANNEL: Final = re.compile(r"^[a-z0-9_]{1,32}$")
+_RFC3339: Final = re.compile(
+    r"^([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})"
+    r"(?:\.([0-9]{1,9}))?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+)
+_CENT: Final = Decimal("0.01")
+_MAX_AMOUNT: Final = Decimal(C.MAX_AMOUNT_CENTS) / 100
+_FIELDS: Final = frozenset(
+    {
+        "transaction_id",
+        "timestamp",
+        "amount",
+        "currency",
+        "customer_id",
+        "terminal_id",
+        "type",
+        "channel",
+        "device_id",
+        "ip_address",
+        "metadata",
+    }
+)
+_REQUIRED: Final = ("transaction_id", "timestamp", "amount", "customer_id", "terminal_id")
+_UTC: Final = UTC
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """A validated transaction, identifiers already pseudonymised."""
+
+    transaction_id: str
+    timestamp: datetime  # aware, in the client's own offset
+    event_time_s: float  # seconds since 1970-01-01 UTC
+    utc_offset_s: int
+    amount: Decimal  # quantized to 0.01
+    amount_cents: int
+    currency: str
+    customer_ref: str  # keyed HMAC of customer_id
+    terminal_id: str
+    type: str
+    channel: str | None
+    device_ref: str | None
+    ip_ref: str | None
+    metadata: dict[str, Any] | None
+    content_hash: bytes
+
+    @property
+    def local_time_s(self) -> float:
+        return self.event_time_s + self.utc_offset_s
+
+
+class _Issues:
+    __slots__ = ("items", "prefix")
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.items: list[FieldIssue] = []
+
+    def add(self, field: str, message: str) -> None:
+        self.items.append(FieldIssue(self.prefix + field, message))
+
+
+def parse_timestamp(value: object) -> tuple[datetime, str | None]:
+    """An aware datetime, or (epoch, the reason it was refused)."""
+    if not isinstance(value, str):
+        return _EPOCH, "must be an RFC 3339 string with an offset, e.g. 2018-04-01T10:00:00-03:00"
+    m = _RFC3339.match(value)
+    if m is None:
+        if re.match(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9:.]+$", value):
+            return _EPOCH, "has no UTC offset; add Z or +HH:MM (naive times are refused)"
+        return (
+            _EPOCH,
+            "must be an RFC 3339 date-time with an offset, e.g. 2018-04-01T10:00:00-03:00",
+        )
+    year, month, day, hour, minute, second, frac, off = m.groups()
+    if second == "60":
+        return _EPOCH, "leap seconds (second 60) are not accepted"
+    if off in ("Z", "z"):
+        tz = _UTC
+    else:
+        oh, om = int(off[1:3]), int(off[4:6])
+        if oh > 23 or om > 59:
+            return _EPOCH, "offset must be between -23:59 and +23:59"
+        sign = -1 if off[0] == "-" else 1
+        tz = timezone(sign * timedelta(hours=oh, minutes=om))
+    micro = int((frac or "0").ljust(6, "0")[:6])
+    try:
+        dt = datetime(
+            int(year), int(month), int(day), int(hour), int(minute), int(second), micro, tz
+        )
+        dt.timestamp()  # out-of-range instants (year 1 with a positive offset) fail here
+    except (ValueError, OverflowError):
+        return _EPOCH, "is not a valid calendar date-time"
+    return dt, None
+
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=_UTC)
+
+
+def parse_amount(value: object) -> tuple[Decimal, str | None]:
+    """A positive Decimal with at most two decimals, or (0, the reason it was refused)."""
+    if isinstance(value, bool) or value is None:
+        return Decimal(0), "must be a decimal string or a JSON number"
+    if isinstance(value, str):
+        if not _AMOUNT_TEXT.match(value):
+            return Decimal(0), (
+                'must be a plain decimal string such as "48.70" '
+                "(no exponent, sign, spaces or comma; at most 2 decimals)"
+            )
+        d = Decimal(value)
+    elif isinstance(value, int):
+        d = Decimal(value)
+    elif isinstance(value, float):
+        # repr gives the shortest decimal that round-trips: 0.1 -> "0.1", never 0.1000000000000000055
+        d = Decimal(repr(value))
+    elif isinstance(value, Decimal):  # from the fallback JSON parser (1e999 and friends)
+        d = value
+    else:
+        return Decimal(0), "must be a decimal string or a JSON number"
+    if not d.is_finite():
+        return Decimal(0), "must be finite"
+    if d <= 0:
+        return Decimal(0), "must be greater than 0"
+    if d > _MAX_AMOUNT:
+        return Decimal(0), "must be at most 1000000000000"
+    try:
+        q = d.quantize(_CENT)
+    except InvalidOperation:
+        return Decimal(0), "must be at most 1000000000000"
+    if q != d:
+        return Decimal(0), "must have at most 2 decimals"
+    return q, None
+
+
+def _identifier(value: object, issues: _Issues, field: str, max_chars: int) -> str | None:
+    if not isinstance(value, str):
+        issues.add(field, "must be a string")
+        return None
+    if not 1 <= len(value) <= max_chars:
+        issues.add(field, f"must be 1-{max_chars} characters")
+        return None
+    if not value.isprintable():
+        issues.add(field, "must not contain control or non-printable characters")
+        return None
+    return value
+
+
+def _metadata(value: object, issues: _Issues, max_bytes: int) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        issues.add("metadata", "must be a flat JSON object")
+        return None
+    if len(value) > C.MAX_METADATA_KEYS:
+        issues.add("metadata", f"must have at most {C.MAX_METADATA_KEYS} keys")
+        return None
+    for k, v in value.items():
+        if not (1 <= len(k) <= C.MAX_METADATA_KEY_CHARS and k.isprintable()):
+            issues.add(
+                "metadata", f"keys must be 1-{C.MAX_METADATA_KEY_CHARS} printable characters"
+            )
+            return None
+        if isinstance(v, str):
+            if len(v) > C.MAX_METADATA_VALUE_CHARS:
+                issues.add(
+                    f"metadata.{k}", f"must be at most {C.MAX_METADATA_VALUE_CHARS} characters"
+                )
+                return None
+        elif isinstance(v, float):
+            if v != v or v in (float("inf"), float("-inf")):
+                issues.add(f"metadata.{k}", "must be finite")
+                return None
+        elif isinstance(v, Decimal):
+            issues.add(f"metadata.{k}", "must be a finite number of ordinary size")
+            return None
+        elif not (v is None or isinstance(v, (bool, int))):
+            issues.add(
+                f"metadata.{k}", "must be a string, number, boolean or null (metadata is flat)"
+            )
+            return None
+    if len(orjson.dumps(value)) > max_bytes:
+        issues.add("metadata", f"must serialise to at most {max_bytes} bytes")
+        return None
+    return value
+
+
+class TransactionParser:
+    """Validates transaction objects and pseudonymises their identifiers."""
+
+    def __init__(self, *, hmac_key: bytes, max_metadata_bytes: int) -> None:
+        if len(hmac_key) < 16:
+            raise ValueError("hmac_key must be at least 16 bytes")
+        if max_metadata_bytes < 1:
+            raise ValueError("max_metadata_bytes must be >= 1")
+        self._max_metadata_bytes = max_metadata_bytes
+        self._hash_key = hashlib.sha256(b"sankofa-content-hash:" + hmac_key).digest()
+        self.pseudonymise: Callable[[str], str] = _pseudonymiser(hmac_key)
+
+    def parse(self, obj: object, *, prefix: str = "") -> Transaction:
+        """One transaction; raises InvalidFieldError naming every broken rule."""
+        issues = _Issues(prefix)
+        tx = self._parse(obj, issues)
+        if issues.items or tx is None:
+            raise InvalidFieldError(issues.items or [FieldIssue(prefix or "body", "invalid")])
+        return tx
+
+    def parse_many(self, items: list[object], *, prefix: str) -> list[Transaction]:
+        """All or nothing: one bad item refuses the lot, naming each bad item's index."""
+        out: list[Transaction] = []
+        problems: list[FieldIssue] = []
+        seen: dict[str, int] = {}
+        for i, obj in enumerate(items):
+            issues = _Issues(f"{prefix}[{i}].")
+            tx = self._parse(obj, issues)
+            if issues.items:
+                problems.extend(issues.items)
+            elif tx is not None:
+                first = seen.setdefault(tx.transaction_id, i)
+                if first != i:
+                    problems.append(
+                        FieldIssue(
+                            f"{prefix}[{i}].transaction_id",
+                            f"repeats the transaction_id of item {first}; a batch must not"
+                            " hold the same transaction twice",
+                        )
+                    )
+                out.append(tx)
+        if problems:
+            raise InvalidFieldError(problems)
+        return out
+
+    def _parse(self, obj: object, issues: _Issues) -> Transaction | None:
+        if not isinstance(obj, dict):
+            issues.items.append(
+                FieldIssue(issues.prefix.rstrip(".") or "body", "must be a JSON object")
+            )
+            return None
+        unknown = obj.keys() - _FIELDS
+        for name in sorted(unknown):
+            issues.add(str(name), "unknown field")
+        for name in _REQUIRED:
+            if obj.get(name) is None:
+                issues.add(name, "is required")
+
+        txid = obj.get("transaction_id")
+        if txid is not None and not (isinstance(txid, str) and _TXID.match(txid)):
+            issues.add("transaction_id", "must be 1-64 characters of A-Z a-z 0-9 . _ : -")
+
+        ts_raw = obj.get("timestamp")
+        ts = _EPOCH
+        if ts_raw is not None:
+            ts, why = parse_timestamp(ts_raw)
+            if why:
+                issues.add("timestamp", why)
+
+        amount_raw = obj.get("amount")
+        amount = Decimal(0)
+        if amount_raw is not None:
+            amount, why = parse_amount(amount_raw)
+            if why:
+                issues.add("amount", why)
+
+        currency = obj.get("currency", C.DEFAULT_CURRENCY)
+        if currency is None:
+            currency = C.DEFAULT_CURRENCY
+        if not (isinstance(currency, str) and currency in C.ISO_4217):
+            issues.add("currency", "must be an ISO 4217 currency code in capitals, e.g. BRL")
+
+        customer = obj.get("customer_id")
+        if customer is not None:
+            customer = _identifier(customer, issues, "customer_id", C.MAX_IDENTIFIER_CHARS)
+        terminal = obj.get("terminal_id")
+        if terminal is not None:
+            terminal = _identifier(terminal, issues, "terminal_id", C.MAX_IDENTIFIER_CHARS)
+
+        tx_type = obj.get("type", C.DEFAULT_TYPE)
+        if tx_type is None:
+            tx_type = C.DEFAULT_TYPE
+        if tx_type not in C.TRANSACTION_TYPES:
+            issues.add("type", f"must be one of {', '.join(C.TRANSACTION_TYPES)}")
+
+        channel = obj.get("channel")
+        if channel is not None and not (isinstance(channel, str) and _CHANNEL.match(channel)):
+            issues.add("channel", "must be 1-32 characters of a-z 0-9 _")
+        device = obj.get("device_id")
+        if device is not None:
+            device = _identifier(device, issues, "device_id", C.MAX_IDENTIFIER_CHARS)
+        ip = obj.get("ip_address")
+        ip_text: str | None = None
+        if ip is not None:
+            try:
+                if not isinstance(ip, str):
+                    raise ValueError
+                ip_text = str(ipaddress.ip_address(ip))
+            except ValueError:
+                issues.add("ip_address", "must be an IPv4 or IPv6 address")
+        metadata = _metadata(obj.get("metadata"), issues, self._max_metadata_bytes)
+
+        if issues.items:
+            return None
+        assert isinstance(txid, str) and isinstance(customer, str) and isinstance(terminal, str)
+        offset = ts.utcoffset()
+        offset_s = int(offset.total_seconds()) if offset is not None else 0
+        event_time_s = ts.timestamp()
+        customer_ref = self.pseudonymise(customer)
+        device_ref = self.pseudonymise(device) if isinstance(device, str) else None
+        ip_ref = self.pseudonymise(ip_text) if ip_text is not None else None
+        canonical = orjson.dumps(
+            [
+                txid,
+                round(event_time_s * 1_000_000),
+                offset_s,
+                str(amount),
+                currency,
+                customer_ref,
+                terminal,
+                tx_type,
+                channel,
+                device_ref,
+                ip_ref,
+                metadata,
+            ],
+            option=orjson.OPT_SORT_KEYS,
+        )
+        return Transaction(
+            transaction_id=txid,
+            timestamp=ts,
+            event_time_s=event_time_s,
+            utc_offset_s=offset_s,
+            amount=amount,
+            amount_cents=int(amount * 100),
+            currency=currency,
+            customer_ref=customer_ref,
+            terminal_id=terminal,
+            type=str(tx_type),
+            channel=channel,
+            device_ref=device_ref,
+            ip_ref=ip_ref,
+            metadata=metadata,
+            content_hash=hashlib.blake2b(canonical, key=self._hash_key, digest_size=16).digest(),
+        )
+
+
+def _pseudonymiser(key: bytes) -> Callable[[str], str]:
+    """HMAC-SHA256 of an identifier, 128 bits in hex; cached, since customers repeat."""
+
+    @lru_cache(maxsize=65_536)
+    def pseudonymise(value: str) -> str:
+        return hmac.digest(key, value.encode("utf-8"), "sha256")[:16].hex()
+
+    return pseudonymise

@@ -1,0 +1,1 @@
+"""PostgreSQL: the asyncpg pool, migrations and repositories."""
