@@ -173,6 +173,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=os.environ.get("SANKOFA_LOG_LEVEL", "info").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # A line per HTTP request would drown the progress bar (and cost CPU) in replays.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.command == "serve":
         return _serve(args)
     if args.command == "migrate":

@@ -20,6 +20,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from sankofa import __version__
 from sankofa.api import problems, schemas
 from sankofa.api.headers import RequestIdMiddleware
+from sankofa.api.lifecycle import GracefulShutdown
 from sankofa.api.routes import router
 from sankofa.api.services import Services
 from sankofa.engine.decision import DecisionPolicy
@@ -34,6 +35,10 @@ from sankofa.settings import Settings
 from sankofa.store.db import create_pool, migrate
 
 log = logging.getLogger(__name__)
+
+#: After draining, keep answering (503) this long before the server stops
+#: listening, so requests already on the wire get an answer.
+SHUTDOWN_LINGER_S = 0.5
 
 
 def class_policies(settings: Settings) -> dict[Priority, ClassPolicy]:
@@ -130,11 +135,27 @@ async def _drain(dispatcher: Dispatcher[Any, Any], grace_s: float) -> None:
     )
 
 
-def create_app(settings: Settings, *, model: LogisticModel | None = None) -> FastAPI:
+def create_app(
+    settings: Settings, *, model: LogisticModel | None = None, handle_signals: bool = False
+) -> FastAPI:
+    """The application. ``handle_signals``: drain on SIGTERM / SIGINT before the
+    server stops (``api.lifecycle``); for a served process, not for tests in process.
+    """
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         async with open_services(settings, model=model) as services:
-            yield {"services": services}
+            shutdown = GracefulShutdown(
+                dispatcher=services.dispatcher,
+                grace_s=settings.drain_grace_s,
+                linger_s=SHUTDOWN_LINGER_S,
+            )
+            if handle_signals:
+                shutdown.install()
+            try:
+                yield {"services": services}
+            finally:
+                shutdown.uninstall()
 
     app = FastAPI(
         title="Sankofa",

@@ -10,4 +10,4 @@ from sankofa.settings import Settings
 
 def make_app() -> FastAPI:
     """Factory for ``uvicorn --factory sankofa.api.asgi:make_app``."""
-    return create_app(Settings())
+    return create_app(Settings(), handle_signals=True)

@@ -22,6 +22,7 @@ from starlette.responses import Response
 from sankofa.errors import (
     ConflictError,
     DeadlineExceededError,
+    DrainingError,
     InvalidFieldError,
     SankofaError,
     UnavailableError,
@@ -91,6 +92,9 @@ def from_error(exc: SankofaError, instance: str | None = None) -> Response:
         extra["indexes"] = exc.indexes
     if isinstance(exc, (UnavailableError, DeadlineExceededError)):
         headers = _retry_after(exc.retry_after_s)
+    if isinstance(exc, DrainingError):
+        # Shutting down: the client should reconnect (to another instance).
+        headers = {**(headers or {}), "Connection": "close"}
     return problem(
         exc.status,
         exc.type_slug,

@@ -212,7 +212,10 @@ class Dispatcher(Generic[P, R]):
         """Stop intake, serve what is queued until ``grace_s``, refuse the rest.
 
         Returns how many jobs were still queued at the grace deadline.
+        Calling it again once closed does nothing.
         """
+        if self._closed:
+            return 0
         self._draining = True
         self._kick()
         try:

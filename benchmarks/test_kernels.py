@@ -1,0 +1,109 @@
+"""Per-batch kernels of the hot path, timed by pytest-benchmark (`make bench`).
+
+Each kernel runs on a batch of 256 transactions (the default max batch size)
+built from the committed slice of published data, so the inputs have the
+shapes and values the service sees. Results are reported, never asserted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+from sankofa.engine.decision import DecisionPolicy, decide
+from sankofa.engine.feature_names import FEATURE_NAMES
+from sankofa.engine.features_online import assemble
+from sankofa.engine.model import load_default_model
+from sankofa.engine.transaction import TransactionParser
+from sankofa.queues.dispatcher import ClassPolicy, Dispatcher
+from sankofa.queues.priority import Priority
+from sankofa.sim.data import load_raw
+
+SLICE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "handbook-slice.csv.gz"
+BATCH = 256
+
+
+@pytest.fixture(scope="module")
+def bodies() -> list[dict[str, Any]]:
+    raw = load_raw(SLICE)
+    out = []
+    for i in range(BATCH):
+        c = int(raw.amount_cents[i]) or 1
+        out.append(
+            {
+                "transaction_id": str(int(raw.transaction_id[i])),
+                "timestamp": np.datetime_as_string(np.datetime64(int(raw.tx_datetime[i]), "s"))
+                + "-03:00",
+                "amount": f"{c // 100}.{c % 100:02d}",
+                "customer_id": str(int(raw.customer_id[i])),
+                "terminal_id": str(int(raw.terminal_id[i])),
+            }
+        )
+    return out
+
+
+@pytest.fixture(scope="module")
+def features() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    raw = rng.integers(0, 50, size=(BATCH, 13)).astype(np.int64)
+    raw[:, 1::2] = np.maximum(raw[:, 1::2], 1)
+    return assemble(raw, rng.integers(100, 20_000, BATCH), rng.uniform(1.5e9, 1.6e9, BATCH))
+
+
+def test_parse_json_batch(benchmark: Any, bodies: list[dict[str, Any]]) -> None:
+    data = orjson.dumps({"transactions": bodies})
+    benchmark(orjson.loads, data)
+
+
+def test_validate_batch(benchmark: Any, bodies: list[dict[str, Any]]) -> None:
+    parser = TransactionParser(hmac_key=b"bench-key-0123456789", max_metadata_bytes=2048)
+    benchmark(parser.parse_many, bodies, prefix="transactions")
+
+
+def test_assemble_features(benchmark: Any) -> None:
+    rng = np.random.default_rng(0)
+    raw = rng.integers(1, 50, size=(BATCH, 13)).astype(np.int64)
+    cents = rng.integers(100, 20_000, BATCH)
+    local = rng.uniform(1.5e9, 1.6e9, BATCH)
+    benchmark(assemble, raw, cents, local)
+
+
+def test_model_predict(benchmark: Any, features: np.ndarray) -> None:
+    model = load_default_model()
+    benchmark(model.predict, features)
+
+
+def test_decide(benchmark: Any, features: np.ndarray) -> None:
+    model = load_default_model()
+    scores, contributions, fallback = model.predict(features)
+    policy = DecisionPolicy(
+        review_threshold=0.06, decline_threshold=0.97, level_bounds=(0.01, 0.06, 0.97)
+    )
+    benchmark(decide, policy, scores, contributions, FEATURE_NAMES, fallback)
+
+
+def test_dispatcher_round_trip(benchmark: Any) -> None:
+    """Submit BATCH single-transaction jobs and wait for all, with a no-op handler."""
+
+    async def handler(jobs: Any) -> list[Any]:
+        return [None] * len(jobs)
+
+    async def run() -> None:
+        d: Dispatcher[Any, Any] = Dispatcher(
+            handler=handler,
+            policies={p: ClassPolicy(10_000, 10.0) for p in Priority},
+            max_batch_size=BATCH,
+            max_wait_s=0.0,
+            max_in_flight=2,
+            ageing_s=1.0,
+        )
+        await d.start()
+        await asyncio.gather(*(d.submit(i, priority=Priority.NORMAL) for i in range(BATCH)))
+        await d.close()
+
+    benchmark(lambda: asyncio.run(run()))
