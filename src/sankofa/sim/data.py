@@ -25,6 +25,8 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
+from sankofa.engine.feature_names import FEATURE_NAMES
+
 RAW_COLUMNS: Final[tuple[str, ...]] = (
     "TRANSACTION_ID",
     "TX_DATETIME",
@@ -36,23 +38,9 @@ RAW_COLUMNS: Final[tuple[str, ...]] = (
     "TX_FRAUD",
     "TX_FRAUD_SCENARIO",
 )
-#: The 14 published feature columns, in file order (handbook-spec.md section 2).
-PUBLISHED_FEATURE_COLUMNS: Final[tuple[str, ...]] = (
-    "TX_DURING_WEEKEND",
-    "TX_DURING_NIGHT",
-    "CUSTOMER_ID_NB_TX_1DAY_WINDOW",
-    "CUSTOMER_ID_AVG_AMOUNT_1DAY_WINDOW",
-    "CUSTOMER_ID_NB_TX_7DAY_WINDOW",
-    "CUSTOMER_ID_AVG_AMOUNT_7DAY_WINDOW",
-    "CUSTOMER_ID_NB_TX_30DAY_WINDOW",
-    "CUSTOMER_ID_AVG_AMOUNT_30DAY_WINDOW",
-    "TERMINAL_ID_NB_TX_1DAY_WINDOW",
-    "TERMINAL_ID_RISK_1DAY_WINDOW",
-    "TERMINAL_ID_NB_TX_7DAY_WINDOW",
-    "TERMINAL_ID_RISK_7DAY_WINDOW",
-    "TERMINAL_ID_NB_TX_30DAY_WINDOW",
-    "TERMINAL_ID_RISK_30DAY_WINDOW",
-)
+#: The 14 published feature columns, in file order (handbook-spec.md section 2):
+#: the model's input vector without the amount.
+PUBLISHED_FEATURE_COLUMNS: Final[tuple[str, ...]] = FEATURE_NAMES[1:]
 
 _COMMA: Final = ord(",")
 _NEWLINE: Final = ord("\n")

@@ -35,6 +35,8 @@ from typing import Any, TypedDict
 import numpy as np
 import numpy.typing as npt
 
+from sankofa.sim.data import RAW_COLUMNS
+
 __all__ = [
     "COLUMNS",
     "Columns",
@@ -47,17 +49,7 @@ __all__ = [
 ]
 
 #: Column order of the published raw data (and of every dict returned here).
-COLUMNS: tuple[str, ...] = (
-    "TRANSACTION_ID",
-    "TX_DATETIME",
-    "CUSTOMER_ID",
-    "TERMINAL_ID",
-    "TX_AMOUNT",
-    "TX_TIME_SECONDS",
-    "TX_TIME_DAYS",
-    "TX_FRAUD",
-    "TX_FRAUD_SCENARIO",
-)
+COLUMNS: tuple[str, ...] = RAW_COLUMNS
 
 Columns = dict[str, npt.NDArray[Any]]
 IntArray = npt.NDArray[np.int64]
