@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
     hmac_key: SecretStr = SecretStr(DEV_HMAC_KEY)
+    #: Mount /bench/bare and /bench/naive, the load tests' baselines (api.bench_routes).
+    benchmark_endpoints: bool = False
 
     # Request limits.
     max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)

@@ -18,7 +18,7 @@ from fastapi.openapi.utils import get_openapi
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from sankofa import __version__
-from sankofa.api import problems, schemas
+from sankofa.api import bench_routes, problems, schemas
 from sankofa.api.headers import RequestIdMiddleware
 from sankofa.api.lifecycle import GracefulShutdown
 from sankofa.api.routes import router
@@ -164,6 +164,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.include_router(router)
+    if settings.benchmark_endpoints:
+        app.include_router(bench_routes.router)
     problems.install(app)
     app.add_middleware(RequestIdMiddleware)
 

@@ -110,6 +110,10 @@ class ScoringEngine:
     def model(self) -> ScoringModel:
         return self._model
 
+    @property
+    def policy(self) -> DecisionPolicy:
+        return self._policy
+
     async def handle(self, jobs: Sequence[ScoreJob]) -> list[list[DecisionOut] | BaseException]:
         started = self._now()
         try:
@@ -246,9 +250,9 @@ class ScoringEngine:
             for tx in job.payload.transactions:
                 row = fresh.get(tx.transaction_id)
                 if row is not None:
-                    decisions.append(_fresh_out(row, replayed=fresh_job[tx.transaction_id] != j))
+                    decisions.append(fresh_out(row, replayed=fresh_job[tx.transaction_id] != j))
                 else:
-                    decisions.append(_stored_out(existing[tx.transaction_id]))
+                    decisions.append(stored_out(existing[tx.transaction_id]))
             out.append(decisions)
         return out
 
@@ -263,7 +267,7 @@ class ScoringEngine:
             )
 
 
-def _fresh_out(row: repo.DecisionRow, *, replayed: bool) -> DecisionOut:
+def fresh_out(row: repo.DecisionRow, *, replayed: bool) -> DecisionOut:
     return {
         "transaction_id": row.transaction_id,
         "decision": row.decision,
@@ -279,7 +283,7 @@ def _fresh_out(row: repo.DecisionRow, *, replayed: bool) -> DecisionOut:
     }
 
 
-def _stored_out(s: repo.StoredDecision) -> DecisionOut:
+def stored_out(s: repo.StoredDecision) -> DecisionOut:
     return {
         "transaction_id": s.transaction_id,
         "decision": s.decision,

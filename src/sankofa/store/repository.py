@@ -112,42 +112,59 @@ async def insert_batch(
 ) -> None:
     if not txs:
         return
-    tx_records = [
-        (
-            tx.transaction_id,
-            tx.timestamp,
-            tx.utc_offset_s,
-            tx.amount,
-            tx.currency,
-            tx.customer_ref,
-            tx.terminal_id,
-            tx.type,
-            tx.channel,
-            tx.device_ref,
-            tx.ip_ref,
-            None if tx.metadata is None else orjson.dumps(tx.metadata).decode(),
-            tx.content_hash,
-        )
-        for tx in txs
-    ]
-    d_records = [
-        (
-            d.transaction_id,
-            d.decision,
-            d.risk_score,
-            d.risk_level,
-            d.reasons,
-            d.model_version,
-            d.features,
-            d.priority,
-            d.queue_ms,
-            d.processing_ms,
-            d.batch_size,
-        )
-        for d in decisions
-    ]
+    tx_records = [_tx_record(tx) for tx in txs]
+    d_records = [_decision_record(d) for d in decisions]
     await conn.copy_records_to_table("transactions", records=tx_records, columns=TX_COLUMNS)
     await conn.copy_records_to_table("decisions", records=d_records, columns=DECISION_COLUMNS)
+
+
+def _tx_record(tx: Transaction) -> tuple[Any, ...]:
+    return (
+        tx.transaction_id,
+        tx.timestamp,
+        tx.utc_offset_s,
+        tx.amount,
+        tx.currency,
+        tx.customer_ref,
+        tx.terminal_id,
+        tx.type,
+        tx.channel,
+        tx.device_ref,
+        tx.ip_ref,
+        None if tx.metadata is None else orjson.dumps(tx.metadata).decode(),
+        tx.content_hash,
+    )
+
+
+def _decision_record(d: DecisionRow) -> tuple[Any, ...]:
+    return (
+        d.transaction_id,
+        d.decision,
+        d.risk_score,
+        d.risk_level,
+        d.reasons,
+        d.model_version,
+        d.features,
+        d.priority,
+        d.queue_ms,
+        d.processing_ms,
+        d.batch_size,
+    )
+
+
+def _insert_sql(table: str, columns: tuple[str, ...]) -> str:
+    marks = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
+
+
+_INSERT_TX: Final = _insert_sql("transactions", TX_COLUMNS)
+_INSERT_DECISION: Final = _insert_sql("decisions", DECISION_COLUMNS)
+
+
+async def insert_one(conn: asyncpg.Connection, tx: Transaction, decision: DecisionRow) -> None:
+    """Two plain INSERTs: the naive baseline's way of storing (see api.bench_routes)."""
+    await conn.execute(_INSERT_TX, *_tx_record(tx))
+    await conn.execute(_INSERT_DECISION, *_decision_record(decision))
 
 
 async def get_transaction(conn: asyncpg.Connection, transaction_id: str) -> dict[str, Any] | None:

@@ -1,0 +1,97 @@
+"""Baselines for load tests, mounted only with ``SANKOFA_BENCHMARK_ENDPOINTS=true``.
+
+* ``POST /bench/bare``: reads and parses the request exactly like
+  ``POST /v1/transactions`` and answers a fixed decision. The ceiling: what
+  HTTP, the framework and JSON cost on this machine with these settings.
+* ``POST /bench/naive``: the whole job without the dispatcher: validate, one
+  Redis call for this one transaction, score one row, one INSERT transaction,
+  answer (plain INSERTs). What a straightforward implementation would do per request.
+
+Both share the scoring path's code wherever they can, so that the comparison
+measures batching and nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Final
+
+import asyncpg
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from sankofa.api.body import read_json
+from sankofa.api.headers import priority_of
+from sankofa.api.services import Services
+from sankofa.engine.decision import decide
+from sankofa.engine.scorer import DB_DOWN, fresh_out
+from sankofa.errors import ConflictError, StorageUnavailableError
+from sankofa.store import repository as repo
+
+router = APIRouter(prefix="/bench", tags=["benchmark baselines"], include_in_schema=False)
+
+_FIXED: Final = orjson.dumps(
+    {
+        "transaction_id": "bare",
+        "decision": "approve",
+        "risk_score": 0.001,
+        "risk_level": "LOW",
+        "reasons": ["NO_STRONG_RISK_FACTOR"],
+        "model_version": "bare",
+        "priority": "normal",
+        "replayed": False,
+        "queue_ms": 0.0,
+        "processing_ms": 0.0,
+        "batch_size": 1,
+    }
+)
+
+
+@router.post("/bare")
+async def bare(request: Request) -> Response:
+    s: Services = request.state.services
+    priority_of(request.headers)
+    body: Any = await read_json(request, s.settings.max_body_bytes)
+    if not isinstance(body, dict):
+        body = {}
+    return Response(content=_FIXED, media_type="application/json")
+
+
+@router.post("/naive")
+async def naive(request: Request) -> Response:
+    s: Services = request.state.services
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    priority = priority_of(request.headers)
+    tx = s.parser.parse(await read_json(request, s.settings.max_body_bytes))
+    online = await s.features.compute([tx])
+    model = s.engine.model
+    scores, contributions, fallback = model.predict(online.matrix)
+    d = decide(s.engine.policy, scores, contributions, model.feature_names, fallback)
+    row = repo.DecisionRow(
+        transaction_id=tx.transaction_id,
+        decision=d.decision[0],
+        risk_score=float(scores[0]),
+        risk_level=d.risk_level[0],
+        reasons=d.reasons[0],
+        model_version=f"{model.name}@{model.version}",
+        features=online.matrix[0].tolist(),
+        priority=priority.label,
+        queue_ms=0.0,
+        processing_ms=(loop.time() - started) * 1000.0,
+        batch_size=1,
+    )
+    try:
+        async with asyncio.timeout(s.settings.db_timeout_s):
+            async with s.pool.acquire() as conn, conn.transaction():
+                await repo.insert_one(conn, tx, row)
+    except asyncpg.UniqueViolationError:
+        raise ConflictError(
+            "transaction_id already stored (the naive path does not replay)"
+        ) from None
+    except DB_DOWN as exc:
+        raise StorageUnavailableError(f"storage unavailable: {type(exc).__name__}") from exc
+    return Response(
+        content=orjson.dumps(fresh_out(row, replayed=False)), media_type="application/json"
+    )
