@@ -17,7 +17,7 @@ import pytest
 
 from sankofa.engine.decision import DecisionPolicy, decide
 from sankofa.engine.feature_names import FEATURE_NAMES
-from sankofa.engine.features_online import assemble
+from sankofa.engine.features_online import assemble, windows
 from sankofa.engine.model import load_default_model
 from sankofa.engine.transaction import TransactionParser
 from sankofa.queues.dispatcher import ClassPolicy, Dispatcher
@@ -47,12 +47,16 @@ def bodies() -> list[dict[str, Any]]:
     return out
 
 
+def _counts(rng: np.random.Generator) -> np.ndarray:
+    counts = rng.integers(1, 50, size=(BATCH, 12)).astype(np.float64)
+    counts[:, 1:6:2] *= 5_000  # summed cents
+    return counts
+
+
 @pytest.fixture(scope="module")
 def features() -> np.ndarray:
     rng = np.random.default_rng(0)
-    raw = rng.integers(0, 50, size=(BATCH, 13)).astype(np.int64)
-    raw[:, 1::2] = np.maximum(raw[:, 1::2], 1)
-    return assemble(raw, rng.integers(100, 20_000, BATCH), rng.uniform(1.5e9, 1.6e9, BATCH))
+    return assemble(_counts(rng), rng.integers(100, 20_000, BATCH), rng.uniform(1.5e9, 1.6e9, BATCH))
 
 
 def test_parse_json_batch(benchmark: Any, bodies: list[dict[str, Any]]) -> None:
@@ -67,10 +71,23 @@ def test_validate_batch(benchmark: Any, bodies: list[dict[str, Any]]) -> None:
 
 def test_assemble_features(benchmark: Any) -> None:
     rng = np.random.default_rng(0)
-    raw = rng.integers(1, 50, size=(BATCH, 13)).astype(np.int64)
-    cents = rng.integers(100, 20_000, BATCH)
-    local = rng.uniform(1.5e9, 1.6e9, BATCH)
-    benchmark(assemble, raw, cents, local)
+    benchmark(assemble, _counts(rng), rng.integers(100, 20_000, BATCH), rng.uniform(1.5e9, 1.6e9, BATCH))
+
+
+def test_feature_windows_from_histories(benchmark: Any) -> None:
+    """numpy windows over a Redis reply holding 60 customer and 40 terminal records per transaction."""
+    rng = np.random.default_rng(0)
+    t = rng.uniform(1.5e9, 1.5e9 + 86_400, BATCH)
+    head = np.zeros((BATCH, 3))
+    head[:, 1] = 60 * 24
+    head[:, 2] = 40 * 24
+    bodies = []
+    for i in range(BATCH):
+        cust = np.column_stack([t[i] - rng.uniform(0, 30 * 86_400, 60), rng.uniform(100, 9_000, 60), np.zeros(60)])
+        term = np.column_stack([t[i] - rng.uniform(0, 37 * 86_400, 40), np.zeros(40), rng.integers(0, 2, 40)])
+        bodies += [cust.tobytes(), term.tobytes()]
+    reply = head.tobytes() + b"".join(bodies)
+    benchmark(windows, reply, BATCH, t)
 
 
 def test_model_predict(benchmark: Any, features: np.ndarray) -> None:

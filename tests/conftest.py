@@ -133,7 +133,7 @@ async def _truncate(url: str) -> None:
     try:
         exists = await conn.fetchval("SELECT to_regclass('public.transactions') IS NOT NULL")
         if exists:
-            await conn.execute("TRUNCATE labels, decisions, transactions")
+            await conn.execute("TRUNCATE labels, transactions")
     finally:
         await conn.close()
 

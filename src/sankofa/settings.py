@@ -65,8 +65,9 @@ class Settings(BaseSettings):
     db_timeout_s: float = Field(default=5.0, gt=0)
     redis_pool_max: int = Field(default=16, ge=1)
     redis_timeout_s: float = Field(default=2.0, gt=0)
-    #: Idle customer/terminal feature keys expire after this long (wall clock).
-    feature_key_ttl_s: int = Field(default=45 * 86_400, ge=60)
+    #: Idle customer/terminal feature keys expire after this long (wall clock);
+    #: longer than the 39 days of history the windows need.
+    feature_key_ttl_s: int = Field(default=45 * 86_400, ge=40 * 86_400)
 
     # Model and decision policy.
     model_path: Path | None = None

@@ -9,6 +9,7 @@ import asyncpg
 import httpx
 import pytest
 
+from sankofa.store.repository import decode_features
 from tests_support import tx
 
 PROBLEM = "application/problem+json"
@@ -119,7 +120,9 @@ async def test_same_id_twice_at_the_same_moment(
         json={"transactions": [tx(10, timestamp="2018-04-01T10:00:01-03:00")]},
     )
     assert r.status_code == 200
-    features = await db.fetchval("SELECT features FROM decisions WHERE transaction_id='tx-10'")
+    features = decode_features(
+        await db.fetchval("SELECT features FROM transactions WHERE transaction_id='tx-10'")
+    )
     assert features[3] == 2.0  # CUSTOMER_ID_NB_TX_1DAY_WINDOW: tx-9 once, plus itself
 
 
@@ -225,7 +228,9 @@ async def test_labels_feed_terminal_risk(client: httpx.AsyncClient, db: asyncpg.
         json=tx(3, terminal_id="T", customer_id="third", timestamp="2018-04-08T12:00:00Z"),
     )
     assert r.status_code == 200
-    f = await db.fetchval("SELECT features FROM decisions WHERE transaction_id='tx-3'")
+    f = decode_features(
+        await db.fetchval("SELECT features FROM transactions WHERE transaction_id='tx-3'")
+    )
     assert (
         f[9] == 2.0 and f[10] == 0.5
     )  # TERMINAL_ID_NB_TX_1DAY_WINDOW, TERMINAL_ID_RISK_1DAY_WINDOW
@@ -235,5 +240,7 @@ async def test_labels_feed_terminal_risk(client: httpx.AsyncClient, db: asyncpg.
         "/v1/transactions",
         json=tx(4, terminal_id="T", customer_id="fourth", timestamp="2018-04-08T12:00:01Z"),
     )
-    f = await db.fetchval("SELECT features FROM decisions WHERE transaction_id='tx-4'")
+    f = decode_features(
+        await db.fetchval("SELECT features FROM transactions WHERE transaction_id='tx-4'")
+    )
     assert f[9] == 2.0 and f[10] == 0.0

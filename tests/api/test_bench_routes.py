@@ -11,6 +11,7 @@ import pytest
 
 from conftest import _with_state
 from sankofa.api.app import create_app
+from sankofa.store.repository import decode_features
 from tests_support import tx
 
 
@@ -47,8 +48,10 @@ async def test_naive_scores_and_stores_like_the_real_path(
     naive = await bench_client.post("/bench/naive", json=tx(1, timestamp="2018-04-01T10:00:00Z"))
     real = await bench_client.post("/v1/transactions", json=tx(2, timestamp="2018-04-01T10:00:01Z"))
     assert naive.status_code == 200 and real.status_code == 200
-    rows = await db.fetch("SELECT transaction_id, features FROM decisions ORDER BY transaction_id")
-    f1, f2 = rows[0]["features"], rows[1]["features"]
+    rows = await db.fetch(
+        "SELECT transaction_id, features FROM transactions ORDER BY transaction_id"
+    )
+    f1, f2 = decode_features(rows[0]["features"]), decode_features(rows[1]["features"])
     assert f1[3] == 1 and f2[3] == 2  # the real path saw the naive path's transaction
     assert (
         await bench_client.post("/bench/naive", json=tx(1, timestamp="2018-04-01T10:00:00Z"))

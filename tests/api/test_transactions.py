@@ -35,13 +35,13 @@ async def test_scores_one_transaction_and_stores_it(
     assert d["batch_size"] >= 1
     assert d["model_version"]
     row = await db.fetchrow(
-        "SELECT t.amount, t.customer_ref, d.decision, d.risk_score, d.features, d.priority"
-        " FROM transactions t JOIN decisions d USING (transaction_id) WHERE transaction_id = 'tx-1'"
+        "SELECT amount, customer_ref, decision, risk_score, features, priority"
+        " FROM transactions WHERE transaction_id = 'tx-1'"
     )
     assert row["amount"] == Decimal("48.70")
     assert row["customer_ref"] != "cust-1"  # pseudonymised
     assert row["decision"] == d["decision"] and row["risk_score"] == d["risk_score"]
-    assert len(row["features"]) == 15
+    assert len(row["features"]) == 15 * 8
     assert row["priority"] == "normal"
 
 
@@ -278,7 +278,7 @@ async def test_priority_headers(client: httpx.AsyncClient, db: asyncpg.Connectio
         assert r.status_code == 200, (headers, r.text)
         assert r.json()["priority"] == expected, headers
         stored = await db.fetchval(
-            "SELECT priority FROM decisions WHERE transaction_id=$1", f"tx-{i}"
+            "SELECT priority FROM transactions WHERE transaction_id=$1", f"tx-{i}"
         )
         assert stored == expected
 

@@ -37,7 +37,7 @@ def t(
 async def store(redis_url: str, redis_prefix: str) -> AsyncIterator[FeatureStore]:
     redis = Redis.from_url(redis_url)
     try:
-        yield FeatureStore(redis=redis, prefix=redis_prefix, timeout_s=2.0, key_ttl_s=3600)
+        yield FeatureStore(redis=redis, prefix=redis_prefix, timeout_s=2.0, key_ttl_s=45 * 86_400)
     finally:
         await redis.aclose()
 
@@ -101,7 +101,7 @@ async def test_forget_takes_back_only_what_was_added(store: FeatureStore) -> Non
 async def test_unreachable_redis_is_unavailable_not_a_crash() -> None:
     redis = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
     try:
-        store = FeatureStore(redis=redis, prefix="x", timeout_s=0.5, key_ttl_s=60)
+        store = FeatureStore(redis=redis, prefix="x", timeout_s=0.5, key_ttl_s=45 * 86_400)
         with pytest.raises(FeatureStoreUnavailableError):
             await store.compute([t(1, "2018-04-02T10:00:00Z")])
         assert await store.ping() is False

@@ -25,7 +25,7 @@ from sankofa.api.body import read_json
 from sankofa.api.headers import priority_of
 from sankofa.api.services import Services
 from sankofa.engine.decision import decide
-from sankofa.engine.scorer import DB_DOWN, fresh_out
+from sankofa.engine.scorer import DB_DOWN
 from sankofa.errors import ConflictError, StorageUnavailableError
 from sankofa.store import repository as repo
 
@@ -69,29 +69,43 @@ async def naive(request: Request) -> Response:
     model = s.engine.model
     scores, contributions, fallback = model.predict(online.matrix)
     d = decide(s.engine.policy, scores, contributions, model.feature_names, fallback)
-    row = repo.DecisionRow(
-        transaction_id=tx.transaction_id,
+    version = f"{model.name}@{model.version}"
+    score = float(scores[0])
+    processing_ms = round((loop.time() - started) * 1000.0, 3)
+    row = repo.record(
+        tx,
         decision=d.decision[0],
-        risk_score=float(scores[0]),
+        risk_score=score,
         risk_level=d.risk_level[0],
         reasons=d.reasons[0],
-        model_version=f"{model.name}@{model.version}",
-        features=online.matrix[0].tolist(),
+        model_version=version,
+        features=repo.encode_features(online.matrix)[0],
         priority=priority.label,
         queue_ms=0.0,
-        processing_ms=(loop.time() - started) * 1000.0,
+        processing_ms=processing_ms,
         batch_size=1,
     )
+    out = {
+        "transaction_id": tx.transaction_id,
+        "decision": d.decision[0],
+        "risk_score": score,
+        "risk_level": d.risk_level[0],
+        "reasons": d.reasons[0],
+        "model_version": version,
+        "priority": priority.label,
+        "replayed": False,
+        "queue_ms": 0.0,
+        "processing_ms": processing_ms,
+        "batch_size": 1,
+    }
     try:
         async with asyncio.timeout(s.settings.db_timeout_s):
             async with s.pool.acquire() as conn, conn.transaction():
-                await repo.insert_one(conn, tx, row)
+                await repo.insert_one(conn, row)
     except asyncpg.UniqueViolationError:
         raise ConflictError(
             "transaction_id already stored (the naive path does not replay)"
         ) from None
     except DB_DOWN as exc:
         raise StorageUnavailableError(f"storage unavailable: {type(exc).__name__}") from exc
-    return Response(
-        content=orjson.dumps(fresh_out(row, replayed=False)), media_type="application/json"
-    )
+    return Response(content=orjson.dumps(out), media_type="application/json")

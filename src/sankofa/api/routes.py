@@ -180,7 +180,7 @@ def _transaction_view(row: dict[str, Any]) -> dict[str, Any]:
             "queue_ms": row["queue_ms"],
             "processing_ms": row["processing_ms"],
             "batch_size": row["batch_size"],
-            "decided_at": row["decided_at"].isoformat(),
+            "decided_at": row["received_at"].isoformat(),
         },
         "label": None
         if row["label_fraud"] is None

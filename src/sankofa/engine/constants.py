@@ -65,13 +65,14 @@ REASON_FEATURE_FALLBACK: Final = "FEATURE_FALLBACK"
 REASON_MIN_LOGIT: Final = 0.1
 REASON_MAX_CODES: Final = 3
 
-# Redis keys (all under the configured prefix, e.g. "sk"):
-#   {prefix}:c:{customer_ref}   zset, member "<amount_cents>:<transaction_id>", score event time
-#   {prefix}:t:{terminal_id}    zset, member transaction_id, score event time
-#   {prefix}:tf:{terminal_id}   zset of the terminal's transactions labelled fraud
+# Redis keys (all under the configured prefix, e.g. "sk", and the layout version):
+#   {prefix}:f2:c:{customer_ref}   string of 24-byte records (time, cents, id hash)
+#   {prefix}:f2:t:{terminal_id}    string of 24-byte records (time, id hash, fraud label)
+#: Bumped whenever the layout changes, so that a new version never reads keys
+#: written by an old one (they expire on their own).
+REDIS_LAYOUT: Final = "f2"
 REDIS_CUSTOMER: Final = "c"
 REDIS_TERMINAL: Final = "t"
-REDIS_TERMINAL_FRAUD: Final = "tf"
 #: Keep window members this long past the longest window, so late (out-of-order)
 #: transactions still see their history.
 FEATURE_TRIM_GRACE_S: Final = 2 * 86_400

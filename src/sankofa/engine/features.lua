@@ -1,80 +1,92 @@
--- Online features for a batch of transactions, in one round trip.
+-- Online feature state for a batch of transactions, in one round trip.
 --
--- KEYS: for transaction i (1-based), KEYS[3i-2] the customer zset,
---       KEYS[3i-1] the terminal zset, KEYS[3i] the terminal's fraud zset.
--- ARGV: [1] day in seconds, [2] label delay in seconds, [3] trim grace in seconds,
---       [4] key ttl in seconds, [5] number of customer windows nc, [6..5+nc] their
---       lengths in days, then nt, then the terminal window lengths in days, then
---       per transaction: id, event time (seconds), amount in cents.
+-- Redis keeps, per customer and per terminal, a compact history: a string of
+-- fixed-size little-endian records, appended in arrival order.
+--   customer record (24 bytes): event time (double), amount in cents (double), id hash (8 bytes)
+--   terminal record (24 bytes): event time (double), id hash (8 bytes), fraud label (double, 0/1)
+-- This script appends each transaction to its customer's and terminal's
+-- history (unless that id is already there) and returns the histories as they
+-- stand after it, so that the service computes every window with numpy on its
+-- side: Redis only copies bytes, four commands per transaction.
 --
--- Transactions are processed in order, so each one sees the earlier ones of the
--- same batch. A transaction already present (same id, same customer and amount)
--- is not added twice: its features are computed but nothing is counted again.
+-- KEYS: per transaction i (1-based): KEYS[2i-1] customer history, KEYS[2i] terminal history.
+-- ARGV: [1] customer horizon, [2] terminal horizon (seconds of history kept
+--       behind each transaction's time), [3] key ttl in seconds, [4] the batch:
+--       per transaction 24 bytes (time double, cents double, id hash 8 bytes).
 --
--- Returns, per transaction: flags (1 = added to the customer set, 2 = added to
--- the terminal set), then per customer window count and summed cents, then per
--- terminal window count and frauds.
+-- Returns one string: n headers of 3 doubles (flags, customer history length,
+-- terminal history length), then for each transaction its customer history
+-- and its terminal history. flags: 1 = appended to the customer history,
+-- 2 = appended to the terminal history.
+--
+-- Expiry: a key gets its ttl when created and whenever old records are
+-- trimmed from it, which happens at least once per horizon for an active key;
+-- the ttl is longer than both horizons, so only idle keys expire.
 
-local day = tonumber(ARGV[1])
-local delay = tonumber(ARGV[2])
-local grace = tonumber(ARGV[3])
-local ttl = tonumber(ARGV[4])
-local nc = tonumber(ARGV[5])
-local cwin = {}
-for w = 1, nc do cwin[w] = tonumber(ARGV[5 + w]) * day end
-local nt = tonumber(ARGV[6 + nc])
-local twin = {}
-for w = 1, nt do twin[w] = tonumber(ARGV[6 + nc + w]) * day end
-local base = 6 + nc + nt
-local cmax = cwin[nc]
-local tmax = twin[nt] + delay
+local chorizon = tonumber(ARGV[1])
+local thorizon = tonumber(ARGV[2])
+local ttl = tonumber(ARGV[3])
+local batch = ARGV[4]
+local n = #KEYS / 2
+local NOFRAUD = struct.pack('<d', 0)
 
-local out = {}
-local n = #KEYS / 3
-for i = 1, n do
-  local ck, tk, fk = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
-  local a = base + 3 * (i - 1)
-  local id, t, cents = ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 3]
+-- Whether `blob` holds `hash` at byte offset `at` of some record of 24 bytes.
+local function holds(blob, hash, at)
+  local pos = string.find(blob, hash, 1, true)
+  while pos do
+    if (pos - 1) % 24 == at then return true end
+    pos = string.find(blob, hash, pos + 1, true)
+  end
+  return false
+end
 
-  local flags = 0
-  if redis.call('ZADD', ck, 'NX', t, cents .. ':' .. id) == 1 then flags = flags + 1 end
-  if redis.call('ZADD', tk, 'NX', t, id) == 1 then flags = flags + 2 end
-  out[#out + 1] = flags
-
-  -- Customer windows (t - w, t], this transaction included.
-  local counts, sums = {}, {}
-  for w = 1, nc do counts[w] = 0; sums[w] = 0 end
-  local rows = redis.call('ZRANGEBYSCORE', ck, '(' .. string.format('%.6f', t - cmax), t, 'WITHSCORES')
-  for j = 1, #rows, 2 do
-    local m = rows[j]
-    local s = tonumber(rows[j + 1])
-    local c = tonumber(string.sub(m, 1, string.find(m, ':', 1, true) - 1))
-    for w = 1, nc do
-      if s > t - cwin[w] then
-        counts[w] = counts[w] + 1
-        sums[w] = sums[w] + c
-      end
+-- Append `rec` (unless already there), drop records older than `oldest` from
+-- the front, and return the history as it stands.
+local function add(key, rec, hash, at, oldest)
+  local blob = redis.call('GET', key)
+  local added = false
+  if not blob then
+    blob = rec
+    redis.call('SET', key, blob, 'EX', ttl)
+    return blob, true
+  end
+  if not holds(blob, hash, at) then
+    redis.call('APPEND', key, rec)
+    blob = blob .. rec
+    added = true
+  end
+  local cut = 0
+  local len = #blob
+  while cut < len and struct.unpack('<d', blob, cut + 1) < oldest do
+    cut = cut + 24
+  end
+  if cut > 0 then
+    blob = string.sub(blob, cut + 1)
+    if #blob == 0 then
+      redis.call('DEL', key)
+    else
+      redis.call('SET', key, blob, 'EX', ttl)
     end
   end
-  for w = 1, nc do
-    out[#out + 1] = counts[w]
-    out[#out + 1] = sums[w]
-  end
-
-  -- Terminal windows (t - delay - w, t - delay]: only what labels can be known for.
-  local hi = string.format('%.6f', t - delay)
-  for w = 1, nt do
-    local lo = '(' .. string.format('%.6f', t - delay - twin[w])
-    out[#out + 1] = redis.call('ZCOUNT', tk, lo, hi)
-    out[#out + 1] = redis.call('ZCOUNT', fk, lo, hi)
-  end
-
-  -- Forget what no window of this transaction's time can reach any more.
-  redis.call('ZREMRANGEBYSCORE', ck, '-inf', '(' .. string.format('%.6f', t - cmax - grace))
-  redis.call('ZREMRANGEBYSCORE', tk, '-inf', '(' .. string.format('%.6f', t - tmax - grace))
-  redis.call('ZREMRANGEBYSCORE', fk, '-inf', '(' .. string.format('%.6f', t - tmax - grace))
-  redis.call('EXPIRE', ck, ttl)
-  redis.call('EXPIRE', tk, ttl)
-  redis.call('EXPIRE', fk, ttl)
+  return blob, added
 end
-return out
+
+local heads = {}
+local bodies = {}
+for i = 1, n do
+  local off = (i - 1) * 24
+  local t = struct.unpack('<d', batch, off + 1)
+  local time = string.sub(batch, off + 1, off + 8)
+  local hash = string.sub(batch, off + 17, off + 24)
+  local flags = 0
+
+  local cblob, cadded = add(KEYS[2 * i - 1], string.sub(batch, off + 1, off + 24), hash, 16, t - chorizon)
+  if cadded then flags = flags + 1 end
+  local tblob, tadded = add(KEYS[2 * i], time .. hash .. NOFRAUD, hash, 8, t - thorizon)
+  if tadded then flags = flags + 2 end
+
+  heads[i] = struct.pack('<ddd', flags, #cblob, #tblob)
+  bodies[2 * i - 1] = cblob
+  bodies[2 * i] = tblob
+end
+return table.concat(heads) .. table.concat(bodies)

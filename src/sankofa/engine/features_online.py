@@ -1,15 +1,19 @@
 """Online features in Redis: one Lua call per batch, in event time, idempotent per id.
 
-The script (``features.lua``) adds each transaction to its customer's and
-terminal's sorted sets (score = event time) and reads back the window counts
-and sums; numpy turns those into the model's input vector (``FEATURE_NAMES``).
-Terminal risk reads a separate set of the terminal's transactions labelled
+Redis keeps each customer's and terminal's recent history as a string of
+fixed-size records (``features.lua``); one script call per batch appends the
+new transactions (once per id) and returns every history as it stands after
+each one. numpy then computes all windows of the whole batch at once: Redis
+only copies bytes, and no per-record work happens in Lua or in a Python loop.
+Terminal risk reads a sorted set of the terminal's transactions labelled
 fraud, fed by ``POST /v1/labels``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -32,13 +36,17 @@ from sankofa.engine.feature_names import (
 from sankofa.engine.transaction import Transaction
 from sankofa.errors import FeatureStoreUnavailableError
 
-_NC: Final = len(CUSTOMER_WINDOWS_DAYS)
-_NT: Final = len(TERMINAL_WINDOWS_DAYS)
-#: Integers the script returns per transaction: flags, (count, cents) per
-#: customer window, (count, frauds) per terminal window.
-_PER_TX: Final = 1 + 2 * _NC + 2 * _NT
 ADDED_CUSTOMER: Final = 1
 ADDED_TERMINAL: Final = 2
+#: History records are 3 words of 8 bytes (see features.lua); the id hash sits
+#: at this byte offset of a customer / terminal record.
+_RECORD_WORDS: Final = 3
+_CUSTOMER_HASH_AT: Final = 16
+_TERMINAL_HASH_AT: Final = 8
+_HEAD_WORDS: Final = 3
+_FRAUD: Final = struct.pack("<d", 1.0)
+_NOT_FRAUD: Final = struct.pack("<d", 0.0)
+_BATCH_RECORD: Final = np.dtype([("t", "<f8"), ("cents", "<f8"), ("hash", "S8")])
 
 #: Redis failures that mean "unavailable", as opposed to a bug in our call.
 REDIS_DOWN: Final = (
@@ -51,8 +59,13 @@ REDIS_DOWN: Final = (
 )
 
 
-def _script() -> str:
-    return resources.files("sankofa.engine").joinpath("features.lua").read_text("utf-8")
+def _script(name: str) -> str:
+    return resources.files("sankofa.engine").joinpath(name).read_text("utf-8")
+
+
+def id_hash(transaction_id: str) -> bytes:
+    """The 8-byte tag a history record carries to make appends idempotent."""
+    return hashlib.blake2b(transaction_id.encode(), digest_size=8).digest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,28 +84,77 @@ def time_flags(
     return (weekday >= 5).astype(np.float64), (hour <= NIGHT_LAST_HOUR).astype(np.float64)
 
 
+def _records(
+    words: npt.NDArray[np.float64], starts: npt.NDArray[np.int64], lens: npt.NDArray[np.int64]
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+    """Concatenate ragged runs of 3-word records (start, length in words) with their run index."""
+    total = int(lens.sum())
+    if total == 0:
+        return np.empty((0, _RECORD_WORDS)), np.empty(0, dtype=np.int64)
+    run = np.repeat(np.arange(lens.shape[0]), lens)
+    first = np.cumsum(lens) - lens
+    index = starts[run] + (np.arange(total) - first[run])
+    return words[index].reshape(-1, _RECORD_WORDS), run[::_RECORD_WORDS]
+
+
+def windows(
+    reply: bytes, n: int, event_time_s: npt.NDArray[np.float64]
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+    """Per transaction: customer (count, cents) and terminal (count, frauds) per window.
+
+    Returns an (n, 2 * (customer windows + terminal windows)) matrix and the flags.
+    """
+    words = np.frombuffer(reply, dtype="<f8")
+    head = words[: n * _HEAD_WORDS].reshape(n, _HEAD_WORDS)
+    flags = head[:, 0].astype(np.int64)
+    flat = (head[:, 1:3].astype(np.int64) // 8).reshape(-1)  # customer, terminal per tx
+    starts = (n * _HEAD_WORDS + np.cumsum(flat) - flat).reshape(n, 2)
+    lens = flat.reshape(n, 2)
+    nc, nt = len(CUSTOMER_WINDOWS_DAYS), len(TERMINAL_WINDOWS_DAYS)
+    out = np.zeros((n, 2 * (nc + nt)))
+
+    cust, crun = _records(words, starts[:, 0], lens[:, 0])
+    age = event_time_s[crun] - cust[:, 0]
+    for w, days in enumerate(CUSTOMER_WINDOWS_DAYS):
+        inside = ((age >= 0) & (age < days * DAY_S)).astype(np.float64)
+        out[:, 2 * w] = np.bincount(crun, weights=inside, minlength=n)
+        out[:, 2 * w + 1] = np.bincount(crun, weights=inside * cust[:, 1], minlength=n)
+
+    delay = LABEL_DELAY_DAYS * DAY_S
+    term, trun = _records(words, starts[:, 1], lens[:, 1])
+    tage = event_time_s[trun] - term[:, 0]
+    for w, days in enumerate(TERMINAL_WINDOWS_DAYS):
+        inside = ((tage >= delay) & (tage < delay + days * DAY_S)).astype(np.float64)
+        out[:, 2 * (nc + w)] = np.bincount(trun, weights=inside, minlength=n)
+        out[:, 2 * (nc + w) + 1] = np.bincount(trun, weights=inside * term[:, 2], minlength=n)
+    return out, flags
+
+
 def assemble(
-    raw: npt.NDArray[np.int64],
+    counts: npt.NDArray[np.float64],
     amount_cents: npt.NDArray[np.int64],
     local_time_s: npt.NDArray[np.float64],
 ) -> npt.NDArray[np.float64]:
-    """The model's input matrix from the script's integers (shape (n, _PER_TX))."""
-    n = raw.shape[0]
+    """The model's input matrix from the window counts and sums (see ``windows``)."""
+    n = counts.shape[0]
+    nc, nt = len(CUSTOMER_WINDOWS_DAYS), len(TERMINAL_WINDOWS_DAYS)
     x = np.empty((n, N_FEATURES), dtype=np.float64)
     x[:, 0] = amount_cents / 100.0
     x[:, 1], x[:, 2] = time_flags(local_time_s)
-    for w in range(_NC):
-        count = raw[:, 1 + 2 * w].astype(np.float64)
-        cents = raw[:, 2 + 2 * w].astype(np.float64)
+    for w in range(nc):
+        count, cents = counts[:, 2 * w], counts[:, 2 * w + 1]
         x[:, 3 + 2 * w] = count
         x[:, 4 + 2 * w] = np.divide(cents / 100.0, count, out=np.zeros(n), where=count > 0)
-    base = 1 + 2 * _NC
-    for w in range(_NT):
-        count = raw[:, base + 2 * w].astype(np.float64)
-        frauds = raw[:, base + 1 + 2 * w].astype(np.float64)
-        x[:, 3 + 2 * _NC + 2 * w] = count
-        x[:, 4 + 2 * _NC + 2 * w] = np.divide(frauds, count, out=np.zeros(n), where=count > 0)
+    for w in range(nt):
+        count, frauds = counts[:, 2 * (nc + w)], counts[:, 2 * (nc + w) + 1]
+        x[:, 3 + 2 * nc + 2 * w] = count
+        x[:, 4 + 2 * nc + 2 * w] = np.divide(frauds, count, out=np.zeros(n), where=count > 0)
     return x
+
+
+#: How far back a transaction's windows reach.
+CUSTOMER_HORIZON_S: Final = max(CUSTOMER_WINDOWS_DAYS) * DAY_S
+TERMINAL_HORIZON_S: Final = (LABEL_DELAY_DAYS + max(TERMINAL_WINDOWS_DAYS)) * DAY_S
 
 
 class FeatureStore:
@@ -103,32 +165,27 @@ class FeatureStore:
             raise ValueError("prefix must not be empty")
         if not timeout_s > 0:
             raise ValueError("timeout_s must be > 0")
-        if key_ttl_s < 1:
-            raise ValueError("key_ttl_s must be >= 1")
+        if key_ttl_s <= TERMINAL_HORIZON_S + C.FEATURE_TRIM_GRACE_S:
+            raise ValueError("key_ttl_s must exceed the longest history kept (39 days)")
         self._redis = redis
         self._prefix = prefix
         self._timeout_s = timeout_s
+        self._key_ttl_s = key_ttl_s
         self._fixed_args: list[Any] = [
-            DAY_S,
-            LABEL_DELAY_DAYS * DAY_S,
-            C.FEATURE_TRIM_GRACE_S,
+            CUSTOMER_HORIZON_S + C.FEATURE_TRIM_GRACE_S,
+            TERMINAL_HORIZON_S + C.FEATURE_TRIM_GRACE_S,
             key_ttl_s,
-            _NC,
-            *CUSTOMER_WINDOWS_DAYS,
-            _NT,
-            *TERMINAL_WINDOWS_DAYS,
         ]
-        self._script = redis.register_script(_script())
+        self._script = redis.register_script(_script("features.lua"))
+        self._forget = redis.register_script(_script("forget.lua"))
+        self._label = redis.register_script(_script("labels.lua"))
         self.round_trips = 0
 
     def customer_key(self, customer_ref: str) -> str:
-        return f"{self._prefix}:{C.REDIS_CUSTOMER}:{customer_ref}"
+        return f"{self._prefix}:{C.REDIS_LAYOUT}:{C.REDIS_CUSTOMER}:{customer_ref}"
 
     def terminal_key(self, terminal_id: str) -> str:
-        return f"{self._prefix}:{C.REDIS_TERMINAL}:{terminal_id}"
-
-    def fraud_key(self, terminal_id: str) -> str:
-        return f"{self._prefix}:{C.REDIS_TERMINAL_FRAUD}:{terminal_id}"
+        return f"{self._prefix}:{C.REDIS_LAYOUT}:{C.REDIS_TERMINAL}:{terminal_id}"
 
     async def compute(self, txs: Sequence[Transaction]) -> OnlineFeatures:
         """Count the transactions (once per id) and return their features, in order."""
@@ -136,58 +193,60 @@ class FeatureStore:
         if n == 0:
             return OnlineFeatures(np.empty((0, N_FEATURES)), np.empty(0, dtype=np.int64))
         keys: list[str] = []
-        args: list[Any] = list(self._fixed_args)
-        for tx in txs:
+        records = np.empty(n, dtype=_BATCH_RECORD)
+        times = np.empty(n)
+        cents = np.empty(n, dtype=np.int64)
+        local = np.empty(n)
+        hashes: list[bytes] = []
+        for i, tx in enumerate(txs):
             keys.append(self.customer_key(tx.customer_ref))
             keys.append(self.terminal_key(tx.terminal_id))
-            keys.append(self.fraud_key(tx.terminal_id))
-            args.append(tx.transaction_id)
-            args.append(repr(tx.event_time_s))
-            args.append(tx.amount_cents)
-        reply = await self._call(self._script, keys, args)
-        raw = np.asarray(reply, dtype=np.int64).reshape(n, _PER_TX)
-        cents = np.fromiter((tx.amount_cents for tx in txs), dtype=np.int64, count=n)
-        local = np.fromiter((tx.local_time_s for tx in txs), dtype=np.float64, count=n)
-        return OnlineFeatures(assemble(raw, cents, local), raw[:, 0].copy())
+            times[i] = tx.event_time_s
+            cents[i] = tx.amount_cents
+            local[i] = tx.local_time_s
+            hashes.append(id_hash(tx.transaction_id))
+        records["t"] = times
+        records["cents"] = cents
+        records["hash"] = hashes
+        self.round_trips += 1
+        reply = await self._run(
+            self._script(keys=keys, args=[*self._fixed_args, records.tobytes()])
+        )
+        counts, flags = windows(reply, n, times)
+        return OnlineFeatures(assemble(counts, cents, local), flags)
 
     async def forget(self, txs: Sequence[Transaction], flags: Sequence[int]) -> None:
         """Undo what ``compute`` added for transactions that were not stored after all."""
-        pipe = self._redis.pipeline(transaction=False)
-        queued = 0
+        keys: list[str] = []
+        args: list[Any] = []
         for tx, f in zip(txs, flags, strict=True):
+            h = id_hash(tx.transaction_id)
             if f & ADDED_CUSTOMER:
-                pipe.zrem(
-                    self.customer_key(tx.customer_ref), f"{tx.amount_cents}:{tx.transaction_id}"
-                )
-                queued += 1
+                keys.append(self.customer_key(tx.customer_ref))
+                args += [h, _CUSTOMER_HASH_AT]
             if f & ADDED_TERMINAL:
-                pipe.zrem(self.terminal_key(tx.terminal_id), tx.transaction_id)
-                queued += 1
-        if queued:
-            await self._run(pipe.execute())
+                keys.append(self.terminal_key(tx.terminal_id))
+                args += [h, _TERMINAL_HASH_AT]
+        if keys:
+            await self._run(self._forget(keys=keys, args=args))
 
-    async def apply_labels(self, labels: Sequence[tuple[str, str, float, bool]]) -> None:
-        """Record (terminal_id, transaction_id, event_time_s, fraud) in the terminals' fraud sets."""
+    async def apply_labels(self, labels: Sequence[tuple[str, str, float, bool]]) -> int:
+        """Set (terminal_id, transaction_id, event_time_s, fraud) labels in the terminals'
+        histories; returns how many transactions were still there to label."""
         if not labels:
-            return
-        pipe = self._redis.pipeline(transaction=False)
-        for terminal_id, txid, event_time_s, fraud in labels:
-            key = self.fraud_key(terminal_id)
-            if fraud:
-                pipe.zadd(key, {txid: event_time_s})
-            else:
-                pipe.zrem(key, txid)
-        await self._run(pipe.execute())
+            return 0
+        keys = [self.terminal_key(terminal_id) for terminal_id, _, _, _ in labels]
+        args: list[Any] = []
+        for _, txid, _, fraud in labels:
+            args += [id_hash(txid), _FRAUD if fraud else _NOT_FRAUD]
+        written: int = await self._run(self._label(keys=keys, args=args))
+        return written
 
     async def ping(self) -> bool:
         try:
             return bool(await self._run(self._redis.ping()))
         except FeatureStoreUnavailableError:
             return False
-
-    async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
-        self.round_trips += 1
-        return await self._run(script(keys=keys, args=args))
 
     async def _run(self, awaitable: Any) -> Any:
         try:

@@ -145,8 +145,8 @@ class ScoringEngine:
                             new_job.append(j)
                         online = await self._features.compute(new_txs)
                         flags = online.flags
-                        rows = self._decide(jobs, new_txs, new_job, online.matrix, started)
-                        await repo.insert_batch(conn, new_txs, rows)
+                        records, outs = self._decide(jobs, new_txs, new_job, online.matrix, started)
+                        await repo.insert_batch(conn, records)
         except BaseException as exc:
             if flags is not None and new_txs:
                 await self._forget(new_txs, flags)
@@ -160,7 +160,7 @@ class ScoringEngine:
                 )
                 return [err] * len(jobs)
             raise
-        return self._results(jobs, results, existing, new_txs, new_job, rows)
+        return self._results(jobs, results, existing, new_txs, new_job, outs)
 
     def _plan(
         self,
@@ -202,32 +202,66 @@ class ScoringEngine:
         job_of: list[int],
         x: npt.NDArray[np.float64],
         started: float,
-    ) -> list[repo.DecisionRow]:
+    ) -> tuple[list[repo.Record], list[DecisionOut]]:
+        """Rows to store and answers to give, built together in one pass."""
         if not txs:
-            return []
+            return [], []
         scores, contributions, fallback = self._model.predict(x)
         d = decide(self._policy, scores, contributions, self._model.feature_names, fallback)
-        processing_ms = (self._now() - started) * 1000.0
+        processing_ms = round((self._now() - started) * 1000.0, 3)
         batch_size = sum(len(job.payload.transactions) for job in jobs)
         version = f"{self._model.name}@{self._model.version}"
-        score_list = scores.tolist()
-        x_list = x.tolist()
-        return [
-            repo.DecisionRow(
-                transaction_id=tx.transaction_id,
-                decision=d.decision[i],
-                risk_score=score_list[i],
-                risk_level=d.risk_level[i],
-                reasons=d.reasons[i],
-                model_version=version,
-                features=x_list[i],
-                priority=jobs[job_of[i]].priority.label,
-                queue_ms=jobs[job_of[i]].queue_s * 1000.0,
-                processing_ms=processing_ms,
-                batch_size=batch_size,
+        features = repo.encode_features(x)
+        priority = [job.priority.label for job in jobs]
+        queue_ms = [round(job.queue_s * 1000.0, 3) for job in jobs]
+        records: list[repo.Record] = []
+        outs: list[DecisionOut] = []
+        for tx, score, decision, level, reasons, feats, j in zip(
+            txs, scores.tolist(), d.decision, d.risk_level, d.reasons, features, job_of, strict=True
+        ):
+            records.append(
+                (
+                    tx.transaction_id,
+                    tx.timestamp,
+                    tx.utc_offset_s,
+                    tx.amount_cents,
+                    tx.currency,
+                    tx.customer_ref,
+                    tx.terminal_id,
+                    tx.type,
+                    tx.channel,
+                    tx.device_ref,
+                    tx.ip_ref,
+                    repo.metadata_json(tx),
+                    tx.content_hash,
+                    decision,
+                    score,
+                    level,
+                    reasons,
+                    version,
+                    feats,
+                    priority[j],
+                    queue_ms[j],
+                    processing_ms,
+                    batch_size,
+                )
             )
-            for i, tx in enumerate(txs)
-        ]
+            outs.append(
+                {
+                    "transaction_id": tx.transaction_id,
+                    "decision": decision,
+                    "risk_score": score,
+                    "risk_level": level,
+                    "reasons": reasons,
+                    "model_version": version,
+                    "priority": priority[j],
+                    "replayed": False,
+                    "queue_ms": queue_ms[j],
+                    "processing_ms": processing_ms,
+                    "batch_size": batch_size,
+                }
+            )
+        return records, outs
 
     def _results(
         self,
@@ -236,25 +270,28 @@ class ScoringEngine:
         existing: dict[str, repo.StoredDecision],
         new_txs: list[Transaction],
         new_job: list[int],
-        rows: list[repo.DecisionRow],
+        outs: list[DecisionOut],
     ) -> list[list[DecisionOut] | BaseException]:
-        fresh = {tx.transaction_id: row for tx, row in zip(new_txs, rows, strict=True)}
-        fresh_job = {tx.transaction_id: j for tx, j in zip(new_txs, new_job, strict=True)}
-        out: list[list[DecisionOut] | BaseException] = []
+        fresh = {
+            tx.transaction_id: (out, j) for tx, out, j in zip(new_txs, outs, new_job, strict=True)
+        }
+        answers: list[list[DecisionOut] | BaseException] = []
         for j, job in enumerate(jobs):
             done = results[j]
             if done is not None:
-                out.append(done)
+                answers.append(done)
                 continue
             decisions: list[DecisionOut] = []
             for tx in job.payload.transactions:
-                row = fresh.get(tx.transaction_id)
-                if row is not None:
-                    decisions.append(fresh_out(row, replayed=fresh_job[tx.transaction_id] != j))
-                else:
+                hit = fresh.get(tx.transaction_id)
+                if hit is None:
                     decisions.append(stored_out(existing[tx.transaction_id]))
-            out.append(decisions)
-        return out
+                elif hit[1] == j:
+                    decisions.append(hit[0])
+                else:  # the same id sent by another request of this batch: a replay
+                    decisions.append({**hit[0], "replayed": True})
+            answers.append(decisions)
+        return answers
 
     async def _forget(self, txs: list[Transaction], flags: npt.NDArray[np.int64]) -> None:
         try:
@@ -265,22 +302,6 @@ class ScoringEngine:
                 " run `sankofa features rebuild` if Redis stays inconsistent",
                 len(txs),
             )
-
-
-def fresh_out(row: repo.DecisionRow, *, replayed: bool) -> DecisionOut:
-    return {
-        "transaction_id": row.transaction_id,
-        "decision": row.decision,
-        "risk_score": row.risk_score,
-        "risk_level": row.risk_level,
-        "reasons": row.reasons,
-        "model_version": row.model_version,
-        "priority": row.priority,
-        "replayed": replayed,
-        "queue_ms": round(row.queue_ms, 3),
-        "processing_ms": round(row.processing_ms, 3),
-        "batch_size": row.batch_size,
-    }
 
 
 def stored_out(s: repo.StoredDecision) -> DecisionOut:

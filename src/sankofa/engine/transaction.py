@@ -67,9 +67,13 @@ _REQUIRED: Final = ("transaction_id", "timestamp", "amount", "customer_id", "ter
 _UTC: Final = UTC
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Transaction:
-    """A validated transaction, identifiers already pseudonymised."""
+    """A validated transaction, identifiers already pseudonymised.
+
+    Treated as immutable; not declared frozen because frozen dataclasses build
+    three times slower, and one is built per transaction on the hot path.
+    """
 
     transaction_id: str
     timestamp: datetime  # aware, in the client's own offset
@@ -93,18 +97,42 @@ class Transaction:
 
 
 class _Issues:
-    __slots__ = ("items", "prefix")
+    """Broken rules of one object; the field path is built only when one is found."""
 
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
+    __slots__ = ("_base", "_index", "items")
+
+    def __init__(self, base: str, index: int | None = None) -> None:
+        self._base = base
+        self._index = index
         self.items: list[FieldIssue] = []
+
+    @property
+    def prefix(self) -> str:
+        return self._base if self._index is None else f"{self._base}[{self._index}]."
 
     def add(self, field: str, message: str) -> None:
         self.items.append(FieldIssue(self.prefix + field, message))
 
 
+#: The well-formed RFC 3339 shape with an offset and a second below 60: for
+#: these, the C parser is exact and several times faster than building by hand.
+_RFC3339_FAST: Final = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-5][0-9](?:\.[0-9]{1,9})?"
+    r"(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
+)
+
+
 def parse_timestamp(value: object) -> tuple[datetime, str | None]:
     """An aware datetime, or (epoch, the reason it was refused)."""
+    if type(value) is str and _RFC3339_FAST.fullmatch(value):
+        try:
+            return datetime.fromisoformat(value), None
+        except ValueError:
+            pass  # e.g. February 30th: the careful path below says why
+    return _parse_timestamp_slowly(value)
+
+
+def _parse_timestamp_slowly(value: object) -> tuple[datetime, str | None]:
     if not isinstance(value, str):
         return _EPOCH, "must be an RFC 3339 string with an offset, e.g. 2018-04-01T10:00:00-03:00"
     m = _RFC3339.match(value)
@@ -142,6 +170,14 @@ _EPOCH: Final = datetime(1970, 1, 1, tzinfo=_UTC)
 
 def parse_amount(value: object) -> tuple[Decimal, str | None]:
     """A positive Decimal with at most two decimals, or (0, the reason it was refused)."""
+    if type(value) is str and _AMOUNT_TEXT.match(value):
+        d = Decimal(value)
+        if 0 < d <= _MAX_AMOUNT:
+            return d.quantize(_CENT), None
+    return _parse_amount_slowly(value)
+
+
+def _parse_amount_slowly(value: object) -> tuple[Decimal, str | None]:
     if isinstance(value, bool) or value is None:
         return Decimal(0), "must be a decimal string or a JSON number"
     if isinstance(value, str):
@@ -173,6 +209,16 @@ def parse_amount(value: object) -> tuple[Decimal, str | None]:
     if q != d:
         return Decimal(0), "must have at most 2 decimals"
     return q, None
+
+
+def _plain_identifier(value: object) -> bool:
+    """The common case, checked cheaply: a short string of ASCII letters and digits."""
+    return (
+        type(value) is str
+        and 0 < len(value) <= C.MAX_IDENTIFIER_CHARS
+        and value.isalnum()
+        and value.isascii()
+    )
 
 
 def _identifier(value: object, issues: _Issues, field: str, max_chars: int) -> str | None:
@@ -253,7 +299,7 @@ class TransactionParser:
         problems: list[FieldIssue] = []
         seen: dict[str, int] = {}
         for i, obj in enumerate(items):
-            issues = _Issues(f"{prefix}[{i}].")
+            issues = _Issues(prefix, i)
             tx = self._parse(obj, issues)
             if issues.items:
                 problems.extend(issues.items)
@@ -278,9 +324,9 @@ class TransactionParser:
                 FieldIssue(issues.prefix.rstrip(".") or "body", "must be a JSON object")
             )
             return None
-        unknown = obj.keys() - _FIELDS
-        for name in sorted(unknown):
-            issues.add(str(name), "unknown field")
+        if not obj.keys() <= _FIELDS:
+            for name in sorted(obj.keys() - _FIELDS):
+                issues.add(str(name), "unknown field")
         for name in _REQUIRED:
             if obj.get(name) is None:
                 issues.add(name, "is required")
@@ -310,10 +356,10 @@ class TransactionParser:
             issues.add("currency", "must be an ISO 4217 currency code in capitals, e.g. BRL")
 
         customer = obj.get("customer_id")
-        if customer is not None:
+        if customer is not None and not _plain_identifier(customer):
             customer = _identifier(customer, issues, "customer_id", C.MAX_IDENTIFIER_CHARS)
         terminal = obj.get("terminal_id")
-        if terminal is not None:
+        if terminal is not None and not _plain_identifier(terminal):
             terminal = _identifier(terminal, issues, "terminal_id", C.MAX_IDENTIFIER_CHARS)
 
         tx_type = obj.get("type", C.DEFAULT_TYPE)
@@ -343,7 +389,7 @@ class TransactionParser:
             return None
         assert isinstance(txid, str) and isinstance(customer, str) and isinstance(terminal, str)
         offset = ts.utcoffset()
-        offset_s = int(offset.total_seconds()) if offset is not None else 0
+        offset_s = (offset.days * 86_400 + offset.seconds) if offset is not None else 0
         event_time_s = ts.timestamp()
         customer_ref = self.pseudonymise(customer)
         device_ref = self.pseudonymise(device) if isinstance(device, str) else None
@@ -371,7 +417,7 @@ class TransactionParser:
             event_time_s=event_time_s,
             utc_offset_s=offset_s,
             amount=amount,
-            amount_cents=int(amount * 100),
+            amount_cents=int(amount.scaleb(2)),
             currency=currency,
             customer_ref=customer_ref,
             terminal_id=terminal,

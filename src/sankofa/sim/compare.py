@@ -31,6 +31,7 @@ import orjson
 
 from sankofa.engine.feature_names import DAY_S, FEATURE_NAMES, LABEL_DELAY_DAYS
 from sankofa.sim.data import PUBLISHED_FEATURE_COLUMNS, RawData, load_features, load_raw
+from sankofa.store.repository import FEATURE_DTYPE
 
 _FETCH_ROWS = 50_000
 
@@ -170,7 +171,7 @@ async def fetch_stored(
     try:
         async with conn.transaction():
             cur = await conn.cursor(
-                "SELECT transaction_id, features FROM decisions WHERE starts_with(transaction_id, $1)",
+                "SELECT transaction_id, features FROM transactions WHERE starts_with(transaction_id, $1)",
                 id_prefix,
             )
             while True:
@@ -180,7 +181,9 @@ async def fetch_stored(
                 for r in rows:
                     tail = r["transaction_id"][len(id_prefix) :]
                     if tail.isdigit():
-                        out[int(tail)] = np.asarray(r["features"], dtype=np.float64)
+                        out[int(tail)] = np.frombuffer(r["features"], dtype=FEATURE_DTYPE).astype(
+                            np.float64
+                        )
     finally:
         await conn.close()
     return out

@@ -1,8 +1,12 @@
-"""Reads and writes of transactions, decisions and labels.
+"""Reads and writes of transactions (with their decisions) and labels.
 
-Writes happen once per batch, inside the caller's transaction, with COPY (the
-fastest path into PostgreSQL; the rare id race is caught as a unique violation
-by the caller). Reads are by primary key.
+Writes happen once per batch, inside the caller's transaction, with one COPY
+(the fastest path into PostgreSQL; the rare id race is caught as a unique
+violation by the caller). Reads are by primary key.
+
+A decided transaction is one row: what was received and what was decided, in
+the column order of ``COLUMNS``. The feature vector is stored as big-endian
+float8 bytes (PostgreSQL's own float8send order), 8 bytes per feature.
 """
 
 from __future__ import annotations
@@ -13,15 +17,17 @@ from datetime import datetime
 from typing import Any, Final
 
 import asyncpg
+import numpy as np
+import numpy.typing as npt
 import orjson
 
 from sankofa.engine.transaction import Transaction
 
-TX_COLUMNS: Final = (
+COLUMNS: Final = (
     "transaction_id",
     "event_time",
     "utc_offset_s",
-    "amount",
+    "amount_cents",
     "currency",
     "customer_ref",
     "terminal_id",
@@ -31,9 +37,6 @@ TX_COLUMNS: Final = (
     "ip_ref",
     "metadata",
     "content_hash",
-)
-DECISION_COLUMNS: Final = (
-    "transaction_id",
     "decision",
     "risk_score",
     "risk_level",
@@ -45,6 +48,69 @@ DECISION_COLUMNS: Final = (
     "processing_ms",
     "batch_size",
 )
+#: dtype of a stored feature vector's elements.
+FEATURE_DTYPE: Final = np.dtype(">f8")
+
+#: A row for COPY, in ``COLUMNS`` order.
+Record = tuple[Any, ...]
+
+
+def encode_features(x: npt.NDArray[np.float64]) -> list[bytes]:
+    """Each row of an (n, k) matrix as the bytes stored in ``features``."""
+    data = np.ascontiguousarray(x, dtype=FEATURE_DTYPE).tobytes()
+    width = x.shape[1] * FEATURE_DTYPE.itemsize
+    return [data[i : i + width] for i in range(0, len(data), width)]
+
+
+def decode_features(stored: bytes) -> list[float]:
+    values: list[float] = np.frombuffer(stored, dtype=FEATURE_DTYPE).tolist()
+    return values
+
+
+def metadata_json(tx: Transaction) -> str | None:
+    return None if tx.metadata is None else orjson.dumps(tx.metadata).decode()
+
+
+def record(
+    tx: Transaction,
+    *,
+    decision: str,
+    risk_score: float,
+    risk_level: str,
+    reasons: list[str],
+    model_version: str,
+    features: bytes,
+    priority: str,
+    queue_ms: float,
+    processing_ms: float,
+    batch_size: int,
+) -> Record:
+    """One row, in ``COLUMNS`` order (the scorer builds the same tuple inline)."""
+    return (
+        tx.transaction_id,
+        tx.timestamp,
+        tx.utc_offset_s,
+        tx.amount_cents,
+        tx.currency,
+        tx.customer_ref,
+        tx.terminal_id,
+        tx.type,
+        tx.channel,
+        tx.device_ref,
+        tx.ip_ref,
+        metadata_json(tx),
+        tx.content_hash,
+        decision,
+        risk_score,
+        risk_level,
+        reasons,
+        model_version,
+        features,
+        priority,
+        queue_ms,
+        processing_ms,
+        batch_size,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,30 +128,14 @@ class StoredDecision:
     batch_size: int
 
 
-@dataclass(frozen=True, slots=True)
-class DecisionRow:
-    transaction_id: str
-    decision: str
-    risk_score: float
-    risk_level: str
-    reasons: list[str]
-    model_version: str
-    features: list[float]
-    priority: str
-    queue_ms: float
-    processing_ms: float
-    batch_size: int
-
-
 async def find_existing(
     conn: asyncpg.Connection, transaction_ids: Sequence[str]
 ) -> dict[str, StoredDecision]:
     rows = await conn.fetch(
         """
-        SELECT t.transaction_id, t.content_hash, d.decision, d.risk_score, d.risk_level,
-               d.reasons, d.model_version, d.priority, d.queue_ms, d.processing_ms, d.batch_size
-        FROM transactions t JOIN decisions d USING (transaction_id)
-        WHERE t.transaction_id = ANY($1::text[])
+        SELECT transaction_id, content_hash, decision, risk_score, risk_level, reasons,
+               model_version, priority, queue_ms, processing_ms, batch_size
+        FROM transactions WHERE transaction_id = ANY($1::text[])
         """,
         list(transaction_ids),
     )
@@ -107,75 +157,27 @@ async def find_existing(
     }
 
 
-async def insert_batch(
-    conn: asyncpg.Connection, txs: Sequence[Transaction], decisions: Sequence[DecisionRow]
-) -> None:
-    if not txs:
-        return
-    tx_records = [_tx_record(tx) for tx in txs]
-    d_records = [_decision_record(d) for d in decisions]
-    await conn.copy_records_to_table("transactions", records=tx_records, columns=TX_COLUMNS)
-    await conn.copy_records_to_table("decisions", records=d_records, columns=DECISION_COLUMNS)
+async def insert_batch(conn: asyncpg.Connection, records: Sequence[Record]) -> None:
+    if records:
+        await conn.copy_records_to_table("transactions", records=records, columns=COLUMNS)
 
 
-def _tx_record(tx: Transaction) -> tuple[Any, ...]:
-    return (
-        tx.transaction_id,
-        tx.timestamp,
-        tx.utc_offset_s,
-        tx.amount,
-        tx.currency,
-        tx.customer_ref,
-        tx.terminal_id,
-        tx.type,
-        tx.channel,
-        tx.device_ref,
-        tx.ip_ref,
-        None if tx.metadata is None else orjson.dumps(tx.metadata).decode(),
-        tx.content_hash,
-    )
+_INSERT: Final = (
+    f"INSERT INTO transactions ({', '.join(COLUMNS)})"
+    f" VALUES ({', '.join(f'${i}' for i in range(1, len(COLUMNS) + 1))})"
+)
 
 
-def _decision_record(d: DecisionRow) -> tuple[Any, ...]:
-    return (
-        d.transaction_id,
-        d.decision,
-        d.risk_score,
-        d.risk_level,
-        d.reasons,
-        d.model_version,
-        d.features,
-        d.priority,
-        d.queue_ms,
-        d.processing_ms,
-        d.batch_size,
-    )
-
-
-def _insert_sql(table: str, columns: tuple[str, ...]) -> str:
-    marks = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
-    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
-
-
-_INSERT_TX: Final = _insert_sql("transactions", TX_COLUMNS)
-_INSERT_DECISION: Final = _insert_sql("decisions", DECISION_COLUMNS)
-
-
-async def insert_one(conn: asyncpg.Connection, tx: Transaction, decision: DecisionRow) -> None:
-    """Two plain INSERTs: the naive baseline's way of storing (see api.bench_routes)."""
-    await conn.execute(_INSERT_TX, *_tx_record(tx))
-    await conn.execute(_INSERT_DECISION, *_decision_record(decision))
+async def insert_one(conn: asyncpg.Connection, row: Record) -> None:
+    """A plain INSERT: the naive baseline's way of storing (see api.bench_routes)."""
+    await conn.execute(_INSERT, *row)
 
 
 async def get_transaction(conn: asyncpg.Connection, transaction_id: str) -> dict[str, Any] | None:
     r = await conn.fetchrow(
         """
-        SELECT t.*, d.decision, d.risk_score, d.risk_level, d.reasons, d.model_version,
-               d.features, d.priority, d.queue_ms, d.processing_ms, d.batch_size, d.decided_at,
-               l.fraud AS label_fraud, l.labelled_at
-        FROM transactions t
-        JOIN decisions d USING (transaction_id)
-        LEFT JOIN labels l USING (transaction_id)
+        SELECT t.*, l.fraud AS label_fraud, l.labelled_at
+        FROM transactions t LEFT JOIN labels l USING (transaction_id)
         WHERE t.transaction_id = $1
         """,
         transaction_id,
@@ -185,6 +187,7 @@ async def get_transaction(conn: asyncpg.Connection, transaction_id: str) -> dict
     out = dict(r)
     if out["metadata"] is not None:
         out["metadata"] = orjson.loads(out["metadata"])
+    out["features"] = decode_features(out["features"])
     return out
 
 
