@@ -56,7 +56,9 @@ def _counts(rng: np.random.Generator) -> np.ndarray:
 @pytest.fixture(scope="module")
 def features() -> np.ndarray:
     rng = np.random.default_rng(0)
-    return assemble(_counts(rng), rng.integers(100, 20_000, BATCH), rng.uniform(1.5e9, 1.6e9, BATCH))
+    return assemble(
+        _counts(rng), rng.integers(100, 20_000, BATCH), rng.uniform(1.5e9, 1.6e9, BATCH)
+    )
 
 
 def test_parse_json_batch(benchmark: Any, bodies: list[dict[str, Any]]) -> None:
@@ -71,7 +73,9 @@ def test_validate_batch(benchmark: Any, bodies: list[dict[str, Any]]) -> None:
 
 def test_assemble_features(benchmark: Any) -> None:
     rng = np.random.default_rng(0)
-    benchmark(assemble, _counts(rng), rng.integers(100, 20_000, BATCH), rng.uniform(1.5e9, 1.6e9, BATCH))
+    benchmark(
+        assemble, _counts(rng), rng.integers(100, 20_000, BATCH), rng.uniform(1.5e9, 1.6e9, BATCH)
+    )
 
 
 def test_feature_windows_from_histories(benchmark: Any) -> None:
@@ -83,8 +87,12 @@ def test_feature_windows_from_histories(benchmark: Any) -> None:
     head[:, 2] = 40 * 24
     bodies = []
     for i in range(BATCH):
-        cust = np.column_stack([t[i] - rng.uniform(0, 30 * 86_400, 60), rng.uniform(100, 9_000, 60), np.zeros(60)])
-        term = np.column_stack([t[i] - rng.uniform(0, 37 * 86_400, 40), np.zeros(40), rng.integers(0, 2, 40)])
+        cust = np.column_stack(
+            [t[i] - rng.uniform(0, 30 * 86_400, 60), rng.uniform(100, 9_000, 60), np.zeros(60)]
+        )
+        term = np.column_stack(
+            [t[i] - rng.uniform(0, 37 * 86_400, 40), np.zeros(40), rng.integers(0, 2, 40)]
+        )
         bodies += [cust.tobytes(), term.tobytes()]
     reply = head.tobytes() + b"".join(bodies)
     benchmark(windows, reply, BATCH, t)

@@ -164,13 +164,26 @@ def settings(settings_factory: Any) -> Settings:
 
 
 @pytest.fixture
-async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """The real app in process, its lifespan entered, over httpx."""
+async def running_app(settings: Settings) -> AsyncIterator[tuple[Any, dict[str, Any]]]:
+    """The real app with its lifespan entered: (app, lifespan state)."""
     app = create_app(settings)
     async with app.router.lifespan_context(app) as state:
-        transport = httpx.ASGITransport(app=_with_state(app, state))
-        async with httpx.AsyncClient(transport=transport, base_url="http://sankofa.test") as c:
-            yield c
+        yield app, state
+
+
+@pytest.fixture
+async def client(running_app: tuple[Any, dict[str, Any]]) -> AsyncIterator[httpx.AsyncClient]:
+    """The real app in process, over httpx."""
+    app, state = running_app
+    transport = httpx.ASGITransport(app=_with_state(app, state))
+    async with httpx.AsyncClient(transport=transport, base_url="http://sankofa.test") as c:
+        yield c
+
+
+@pytest.fixture
+def services(running_app: tuple[Any, dict[str, Any]]) -> Any:
+    """What the lifespan opened (pool, feature store, engine, dispatcher)."""
+    return running_app[1]["services"]
 
 
 def _with_state(app: Any, state: dict[str, Any] | None) -> Any:

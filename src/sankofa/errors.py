@@ -6,9 +6,12 @@
     +-- RequestError                  the client's input is wrong (4xx)
     |   +-- MalformedBodyError        400 not JSON / not decodable
     |   +-- BodyTooLargeError         413
+    |   +-- RequestTimeoutError       408 the body did not arrive in time
+    |   +-- HeadersTooLargeError      431
     |   +-- UnsupportedMediaTypeError 415
     |   +-- InvalidFieldError         422 one or more fields break a rule
     |   +-- ConflictError             409 same transaction id, other content
+    |   +-- UnstorableValueError      422 passed validation, refused by the database
     |   +-- NotFoundError             404
     +-- UnavailableError              503, always with Retry-After
     |   +-- OverloadedError           admission control refused the request
@@ -57,6 +60,18 @@ class BodyTooLargeError(RequestError):
     title = "Request body too large"
 
 
+class RequestTimeoutError(RequestError):
+    status = 408
+    type_slug = "request-timeout"
+    title = "Request body not received in time"
+
+
+class HeadersTooLargeError(RequestError):
+    status = 431
+    type_slug = "headers-too-large"
+    title = "Request header fields too large"
+
+
 class UnsupportedMediaTypeError(RequestError):
     status = 415
     type_slug = "unsupported-media-type"
@@ -71,7 +86,14 @@ class FieldIssue:
     message: str
 
     def as_dict(self) -> dict[str, str]:
-        return {"field": self.field, "message": self.message}
+        # A field name comes from the client (an unknown key): keep it printable.
+        return {"field": _printable(self.field), "message": _printable(self.message)}
+
+
+def _printable(text: str) -> str:
+    if text.isprintable():
+        return text
+    return text.encode("unicode_escape").decode("ascii")
 
 
 class InvalidFieldError(RequestError):
@@ -96,6 +118,15 @@ class ConflictError(RequestError):
     def __init__(self, detail: str, *, indexes: Sequence[int] = ()) -> None:
         super().__init__(detail)
         self.indexes = list(indexes)
+
+
+class UnstorableValueError(RequestError):
+    """A value the validation let through but the database refused (a safety net:
+    the validation rules are meant to catch everything first)."""
+
+    status = 422
+    type_slug = "unstorable-value"
+    title = "Value cannot be stored"
 
 
 class NotFoundError(RequestError):

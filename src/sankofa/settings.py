@@ -40,7 +40,13 @@ class Settings(BaseSettings):
     benchmark_endpoints: bool = False
 
     # Request limits.
-    max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    #: Room for 1000 transactions each carrying the largest metadata (2 KB).
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    #: A timestamp (or labelled_at) more than this far ahead of the server's clock is
+    #: refused: it would otherwise age every other transaction out of the windows.
+    max_clock_skew_s: float = Field(default=3600.0, ge=0)
+    #: A request body must arrive within this long (408 otherwise).
+    body_timeout_s: float = Field(default=10.0, gt=0)
     max_batch_items: int = Field(default=1000, ge=1, le=10_000)
     max_metadata_bytes: int = Field(default=2048, ge=64)
 

@@ -65,7 +65,7 @@ def test_fifty_megabyte_body_is_413_without_reading_it(live_server: LiveServer) 
 def test_chunked_body_over_the_limit_is_413(live_server: LiveServer) -> None:
     """C7: no Content-Length at all: counted while streaming, refused past the limit."""
     chunk = b"x" * 65536
-    body = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(40)) + b"0\r\n\r\n"
+    body = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(80)) + b"0\r\n\r\n"
     head = b"POST /v1/transactions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
     resp = raw_http(live_server.port, head, body)
     assert resp.startswith(b"HTTP/1.1 413"), resp[:200]

@@ -343,7 +343,7 @@ async def test_deeply_nested_json_is_400(client: httpx.AsyncClient) -> None:
 
 
 async def test_body_over_the_limit_is_413(client: httpx.AsyncClient) -> None:
-    big = b'{"transaction_id": "' + b"x" * (3 * 1024 * 1024) + b'"}'
+    big = b'{"transaction_id": "' + b"x" * (5 * 1024 * 1024) + b'"}'
     r = await client.post(
         "/v1/transactions", content=big, headers={"content-type": "application/json"}
     )

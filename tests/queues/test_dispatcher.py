@@ -224,25 +224,44 @@ async def test_request_timeout_shortens_but_never_lengthens(
     await d.close()
 
 
+async def busy_pipeline(d: Dispatcher[Any, Any], handler: Recorder) -> asyncio.Task[Any]:
+    """Occupy one of the two batch slots, so that a new batch may wait to grow."""
+    handler.gate.clear()
+    task = asyncio.create_task(d.submit("busy", priority=N))
+    await settle()
+    assert handler.batches == [["busy"]]
+    return task
+
+
+async def test_idle_pipeline_sends_at_once(handler: Recorder, clock: ManualClock) -> None:
+    d = make(handler, clock, max_batch_size=100, max_wait_s=5.0, max_in_flight=2)
+    await d.start()
+    assert await d.submit("alone", priority=N) == ("done", "alone")  # no clock advance needed
+    await d.close()
+
+
 async def test_critical_never_waits_for_a_batch_to_fill(
     handler: Recorder, clock: ManualClock
 ) -> None:
-    d = make(handler, clock, max_batch_size=100, max_wait_s=5.0)
+    d = make(handler, clock, max_batch_size=100, max_wait_s=5.0, max_in_flight=2)
     await d.start()
+    busy = await busy_pipeline(d, handler)
     normal = asyncio.create_task(d.submit("n", priority=N))
     await settle()
-    assert handler.batches == []  # waiting up to max_wait for more
+    assert handler.batches == [["busy"]]  # waiting up to max_wait for more
     crit = asyncio.create_task(d.submit("c", priority=C))
     await settle()
+    assert handler.batches == [["busy"], ["c", "n"]]  # left at once, taking what was queued
+    handler.gate.set()
     assert await crit == ("done", "c")
-    assert handler.batches == [["c", "n"]]  # left at once, taking what was queued
-    await normal
+    await asyncio.gather(normal, busy)
     await d.close()
 
 
 async def test_max_wait_counted_from_the_first_item(handler: Recorder, clock: ManualClock) -> None:
-    d = make(handler, clock, max_batch_size=100, max_wait_s=0.010)
+    d = make(handler, clock, max_batch_size=100, max_wait_s=0.010, max_in_flight=2)
     await d.start()
+    busy = await busy_pipeline(d, handler)
     first = asyncio.create_task(d.submit("a", priority=N))
     await settle()
     clock.advance(0.006)
@@ -250,11 +269,52 @@ async def test_max_wait_counted_from_the_first_item(handler: Recorder, clock: Ma
     await settle()
     clock.advance(0.003)
     await settle()
-    assert handler.batches == []
+    assert handler.batches == [["busy"]]
     clock.advance(0.001)  # 10 ms after the first item
     await settle()
-    assert handler.batches == [["a", "b"]]
-    await asyncio.gather(first, second)
+    assert handler.batches == [["busy"], ["a", "b"]]
+    handler.gate.set()
+    await asyncio.gather(first, second, busy)
+    await d.close()
+
+
+async def test_wait_ends_early_when_the_deadline_needs_it(
+    handler: Recorder, clock: ManualClock
+) -> None:
+    """The wait stops when the estimated batch cost would carry a job past its deadline."""
+    d = make(handler, clock, max_batch_size=100, max_wait_s=10.0, max_in_flight=2, deadline_s=1.0)
+    for _ in range(10):  # teach the cost model: a batch costs 0.2 s
+        d.cost.observe(1, 0.2)
+    await d.start()
+    busy = await busy_pipeline(d, handler)
+    job = asyncio.create_task(d.submit("urgent-ish", priority=N))
+    await settle()
+    clock.advance(0.7)
+    await settle()
+    assert handler.batches == [["busy"]]
+    clock.advance(0.1)  # 1.0 - 0.2 (cost) - 0.005 (margin) = 0.795 s after submission
+    await settle()
+    assert handler.batches == [["busy"], ["urgent-ish"]]
+    handler.gate.set()
+    await asyncio.gather(job, busy)
+    await d.close()
+
+
+async def test_batch_size_capped_by_the_most_urgent_deadline(
+    handler: Recorder, clock: ManualClock
+) -> None:
+    handler.gate.clear()
+    d = make(handler, clock, max_batch_size=100, max_in_flight=1, deadline_s=1.0)
+    for n in (10, 20, 40, 80):  # 10 ms per transaction
+        d.cost.observe(n, 0.01 * n)
+    await d.start()
+    busy = asyncio.create_task(d.submit("busy", priority=N))
+    await settle()
+    jobs = await submit_all(d, [(i, N) for i in range(100)])
+    handler.gate.set()
+    await asyncio.gather(busy, *jobs)
+    # Half of the 1 s deadline at 10 ms each: about 50 per batch, never 100.
+    assert 45 <= max(len(b) for b in handler.batches) <= 50
     await d.close()
 
 

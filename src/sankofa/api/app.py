@@ -15,6 +15,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi_offline import FastAPIOffline
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from sankofa import __version__
@@ -118,6 +119,7 @@ async def open_services(
             parser=TransactionParser(
                 hmac_key=settings.hmac_key.get_secret_value().encode(),
                 max_metadata_bytes=settings.max_metadata_bytes,
+                max_clock_skew_s=settings.max_clock_skew_s,
             ),
             engine=engine,
             dispatcher=dispatcher,
@@ -157,16 +159,23 @@ def create_app(
             finally:
                 shutdown.uninstall()
 
-    app = FastAPI(
+    # FastAPIOffline serves /docs from packaged Swagger UI files: the default page
+    # loads them from a CDN and stays blank on a machine without internet.
+    app = FastAPIOffline(
         title="Sankofa",
         version=__version__,
         summary="Real-time fraud scoring for payments in Brazil (cards, PIX, TED, boleto)",
         lifespan=lifespan,
+        # No redirect from /path/ to /path: it would build a Location from the
+        # client's Host header.
+        redirect_slashes=False,
     )
     app.include_router(router)
     if settings.benchmark_endpoints:
         app.include_router(bench_routes.router)
     problems.install(app)
+    # Added last = outermost: the request id wraps every answer, 500s included.
+    app.add_middleware(problems.ProblemMiddleware)
     app.add_middleware(RequestIdMiddleware)
 
     def openapi() -> dict[str, Any]:

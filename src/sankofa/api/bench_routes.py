@@ -22,7 +22,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from sankofa.api.body import read_json
-from sankofa.api.headers import priority_of
+from sankofa.api.headers import priority_of, scan_headers
 from sankofa.api.services import Services
 from sankofa.engine.decision import decide
 from sankofa.engine.scorer import DB_DOWN
@@ -51,8 +51,11 @@ _FIXED: Final = orjson.dumps(
 @router.post("/bare")
 async def bare(request: Request) -> Response:
     s: Services = request.state.services
-    priority_of(request.headers)
-    body: Any = await read_json(request, s.settings.max_body_bytes)
+    headers = scan_headers(request.scope)
+    priority_of(headers)
+    body: Any = await read_json(
+        request, headers, s.settings.max_body_bytes, s.settings.body_timeout_s
+    )
     if not isinstance(body, dict):
         body = {}
     return Response(content=_FIXED, media_type="application/json")
@@ -63,8 +66,11 @@ async def naive(request: Request) -> Response:
     s: Services = request.state.services
     loop = asyncio.get_running_loop()
     started = loop.time()
-    priority = priority_of(request.headers)
-    tx = s.parser.parse(await read_json(request, s.settings.max_body_bytes))
+    headers = scan_headers(request.scope)
+    priority = priority_of(headers)
+    tx = s.parser.parse(
+        await read_json(request, headers, s.settings.max_body_bytes, s.settings.body_timeout_s)
+    )
     online = await s.features.compute([tx])
     model = s.engine.model
     scores, contributions, fallback = model.predict(online.matrix)

@@ -5,14 +5,18 @@
   undeclared or chunked body is counted while it streams and refused as soon as
   it passes the limit, so a 50 MB body is never held in memory.
 * orjson parses; it refuses nesting deeper than 1024 levels (400, no recursion
-  blow-up). When it refuses a document for a number it cannot represent
+  blow-up). A document repeating a key in one object is refused (400): parsers
+  disagree on which value wins, so a proxy and this service could read two
+  different amounts from the same bytes (RFC 7493 forbids duplicates). When it refuses a document for a number it cannot represent
   (``1e999``), the document is parsed again with Decimal numbers so that the
   answer is a 422 naming the field rather than a 400 for the whole body.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
@@ -23,12 +27,16 @@ from sankofa.errors import (
     BodyTooLargeError,
     MalformedBodyError,
     RequestError,
+    RequestTimeoutError,
     UnsupportedMediaTypeError,
 )
 
+#: How long a request body may take to arrive.
+BODY_TIMEOUT_S = 10.0
 
-def _check_media_type(request: Request) -> None:
-    ctype = request.headers.get("content-type")
+
+def _check_media_type(headers: dict[str, str]) -> None:
+    ctype = headers.get("content-type")
     if ctype is None:
         raise UnsupportedMediaTypeError("Content-Type must be application/json")
     media = ctype.split(";", 1)[0].strip().lower()
@@ -38,13 +46,25 @@ def _check_media_type(request: Request) -> None:
         raise UnsupportedMediaTypeError(
             f"Content-Type must be application/json, not {media or 'empty'}"
         )
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    encoding = headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
         raise UnsupportedMediaTypeError(f"Content-Encoding {encoding} is not accepted here")
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
-    declared = request.headers.get("content-length")
+async def read_body(
+    request: Request, headers: dict[str, str], max_bytes: int, timeout_s: float = BODY_TIMEOUT_S
+) -> bytes:
+    """The body, or 413 past ``max_bytes``, or 408 if it has not all arrived in ``timeout_s``
+    (a client trickling bytes must not hold a connection and its memory forever)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _read_body(request, headers, max_bytes)
+    except TimeoutError:
+        raise RequestTimeoutError(f"the body did not arrive within {timeout_s:g} s") from None
+
+
+async def _read_body(request: Request, headers: dict[str, str], max_bytes: int) -> bytes:
+    declared = headers.get("content-length")
     if declared is not None:
         try:
             length = int(declared)
@@ -71,21 +91,76 @@ def parse_json(body: bytes) -> Any:
     if not body:
         raise MalformedBodyError("the request body is empty; a JSON document is required")
     try:
-        return orjson.loads(body)
+        parsed = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         original = str(exc)
+    else:
+        # orjson keeps the last of repeated keys silently. Each key in the text is
+        # followed by '":' (pretty printers put spaces after the colon, not before):
+        # when that count equals the keys parsed, no key was repeated. Otherwise
+        # (spaces before colons, or '":' inside strings) check exactly.
+        if body.count(b'":') != _count_keys(parsed):
+            _refuse_duplicate_keys(body)
+        return parsed
     if "number" in original:
         try:
-            return json.loads(body, parse_float=Decimal, parse_constant=_reject_constant)
-        except (ValueError, RecursionError, UnicodeDecodeError):
+            parsed = json.loads(body, parse_float=Decimal, parse_constant=_reject_constant)
+            # The stdlib parser lets lone surrogates (\ud800) through, which orjson
+            # refuses: such a document is not valid Unicode, whatever its numbers.
+            orjson.dumps(parsed, default=str)
+            return parsed
+        except (ValueError, TypeError, RecursionError, UnicodeDecodeError):
             pass
     raise MalformedBodyError(f"the body is not valid JSON: {original}")
+
+
+def _count_keys(value: Any) -> int:
+    """Keys in every object of a parsed document (iterative: nesting may reach 1024)."""
+    total = 0
+    stack = [value]
+    pop, push = stack.pop, stack.append
+    while stack:
+        v = pop()
+        items: Iterable[Any]
+        if type(v) is dict:
+            total += len(v)
+            items = v.values()
+        elif type(v) is list:
+            items = v
+        else:
+            continue
+        for x in items:
+            t = type(x)
+            if t is dict or t is list:
+                push(x)
+    return total
+
+
+def _refuse_duplicate_keys(body: bytes) -> None:
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        for key, val in items:
+            if key in seen:
+                raise MalformedBodyError(f"the key {key!r} appears twice in one object")
+            seen[key] = val
+        return seen
+
+    try:
+        json.loads(body, object_pairs_hook=pairs)
+    except (ValueError, RecursionError) as exc:
+        if isinstance(exc, MalformedBodyError):
+            raise
+        # orjson accepted what the stdlib refuses (or nesting too deep for it):
+        # nothing more to learn about duplicates here.
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-async def read_json(request: Request, max_bytes: int) -> Any:
-    _check_media_type(request)
-    return parse_json(await read_body(request, max_bytes))
+async def read_json(
+    request: Request, headers: dict[str, str], max_bytes: int, timeout_s: float = BODY_TIMEOUT_S
+) -> Any:
+    """``headers``: from ``api.headers.scan_headers`` (read once per request)."""
+    _check_media_type(headers)
+    return parse_json(await read_body(request, headers, max_bytes, timeout_s))

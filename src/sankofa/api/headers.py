@@ -7,14 +7,15 @@ characters can reach a response header), otherwise a fresh one is generated.
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
-import uuid
+import secrets
 from typing import Final
 
-from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sankofa.errors import FieldIssue, InvalidFieldError
+from sankofa.errors import FieldIssue, HeadersTooLargeError, InvalidFieldError
 from sankofa.queues.priority import Priority, PriorityHeaderError, resolve_priority
 
 REQUEST_ID_HEADER: Final = "x-request-id"
@@ -22,20 +23,43 @@ _REQUEST_ID: Final = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _TIMEOUT_MS: Final = re.compile(r"^[0-9]{1,9}$")
 
 
-def priority_of(headers: Headers) -> Priority:
+#: The headers the scoring routes read, taken from the scope in one pass.
+_WANTED: Final = frozenset(
+    {
+        b"content-type",
+        b"content-length",
+        b"content-encoding",
+        b"x-priority",
+        b"priority",
+        b"x-request-timeout-ms",
+    }
+)
+
+
+def scan_headers(scope: Scope) -> dict[str, str]:
+    """The headers the routes need, by lower-case name (ASGI names are lower-case);
+    a repeated header keeps its last value."""
+    out: dict[str, str] = {}
+    for name, value in scope["headers"]:
+        if name in _WANTED:
+            out[name.decode("latin-1")] = value.decode("latin-1")
+    return out
+
+
+def priority_of(headers: dict[str, str]) -> Priority:
     try:
         return resolve_priority(headers.get("x-priority"), headers.get("priority"))
     except PriorityHeaderError as exc:
         raise InvalidFieldError([FieldIssue("header X-Priority", str(exc))]) from None
 
 
-def timeout_of(headers: Headers) -> float | None:
+def timeout_of(headers: dict[str, str]) -> float | None:
     """``X-Request-Timeout-Ms`` in seconds (it may only shorten the class deadline)."""
     raw = headers.get("x-request-timeout-ms")
     if raw is None:
         return None
     raw = raw.strip()
-    if not _TIMEOUT_MS.match(raw) or int(raw) == 0:
+    if not _TIMEOUT_MS.fullmatch(raw) or int(raw) == 0:
         raise InvalidFieldError(
             [
                 FieldIssue(
@@ -46,8 +70,21 @@ def timeout_of(headers: Headers) -> float | None:
     return int(raw) / 1000.0
 
 
+#: Generated request ids: unique per process (pid and a random tag) and cheap
+#: (a counter), unlike a UUID per request.
+_ID_PREFIX: Final = f"{os.getpid():x}-{secrets.token_hex(3)}-"
+_ID_COUNTER: Final = itertools.count(1)
+
+
+#: Request headers beyond this many bytes in all are refused (431). The HTTP
+#: server has already read them by then; a proxy in front (deploy/nginx) should
+#: cap them before they reach the service.
+MAX_HEADER_BYTES: Final = 16 * 1024
+
+
 class RequestIdMiddleware:
-    """Echo a well-formed X-Request-Id, or generate one, on every response."""
+    """Echo a well-formed X-Request-Id, or generate one, on every response;
+    refuse oversized header sections with 431."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -57,19 +94,28 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         given = None
+        size = 0
         for name, value in scope["headers"]:
+            size += len(name) + len(value)
             if name == b"x-request-id":
                 given = value
-                break
         rid: bytes
-        if given is not None and _REQUEST_ID.match(given.decode("latin-1")):
+        if given is not None and _REQUEST_ID.fullmatch(given.decode("latin-1")):
             rid = given
         else:
-            rid = uuid.uuid4().hex.encode()
+            rid = f"{_ID_PREFIX}{next(_ID_COUNTER):x}".encode()
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", rid)]
             await send(message)
 
+        if size > MAX_HEADER_BYTES:
+            from sankofa.api.problems import from_error
+
+            error = HeadersTooLargeError(
+                f"request headers of {size} bytes exceed {MAX_HEADER_BYTES}"
+            )
+            await from_error(error, scope.get("path"))(scope, receive, send_with_id)
+            return
         await self.app(scope, receive, send_with_id)

@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from sankofa.api import schemas
 from sankofa.api.body import read_json
-from sankofa.api.headers import priority_of, timeout_of
+from sankofa.api.headers import priority_of, scan_headers, timeout_of
 from sankofa.api.services import Services
 from sankofa.engine import constants as C
 from sankofa.engine.labels import parse_labels
@@ -50,14 +50,15 @@ def _services(request: Request) -> Services:
     summary="Score one transaction",
     response_model=schemas.DecisionOut,
     responses=schemas.PROBLEM_RESPONSES,
-    openapi_extra=schemas.body_ref("TransactionIn"),
+    openapi_extra=schemas.body_ref("TransactionIn", headers=True),
     tags=["scoring"],
 )
 async def score_one(request: Request) -> Response:
     s = _services(request)
-    priority = priority_of(request.headers)
-    timeout_s = timeout_of(request.headers)
-    body = await read_json(request, s.settings.max_body_bytes)
+    headers = scan_headers(request.scope)
+    priority = priority_of(headers)
+    timeout_s = timeout_of(headers)
+    body = await read_json(request, headers, s.settings.max_body_bytes, s.settings.body_timeout_s)
     tx = s.parser.parse(body)
     decisions = await s.dispatcher.submit(
         ScoreRequest([tx]), priority=priority, size=1, timeout_s=timeout_s
@@ -70,14 +71,15 @@ async def score_one(request: Request) -> Response:
     summary="Score up to 1000 transactions; results in the same order",
     response_model=schemas.BatchDecisionOut,
     responses=schemas.PROBLEM_RESPONSES,
-    openapi_extra=schemas.body_ref("TransactionBatchIn"),
+    openapi_extra=schemas.body_ref("TransactionBatchIn", headers=True),
     tags=["scoring"],
 )
 async def score_batch(request: Request) -> Response:
     s = _services(request)
-    priority = priority_of(request.headers)
-    timeout_s = timeout_of(request.headers)
-    body = await read_json(request, s.settings.max_body_bytes)
+    headers = scan_headers(request.scope)
+    priority = priority_of(headers)
+    timeout_s = timeout_of(headers)
+    body = await read_json(request, headers, s.settings.max_body_bytes, s.settings.body_timeout_s)
     if not isinstance(body, dict) or not isinstance(body.get("transactions"), list):
         raise InvalidFieldError([FieldIssue("transactions", "must be a list of transactions")])
     extra = body.keys() - {"transactions"}
@@ -106,8 +108,12 @@ async def score_batch(request: Request) -> Response:
 )
 async def post_labels(request: Request) -> Response:
     s = _services(request)
-    body = await read_json(request, s.settings.max_body_bytes)
-    labels = parse_labels(body, max_items=s.settings.max_batch_items)
+    body = await read_json(
+        request, scan_headers(request.scope), s.settings.max_body_bytes, s.settings.body_timeout_s
+    )
+    labels = parse_labels(
+        body, max_items=s.settings.max_batch_items, max_clock_skew_s=s.settings.max_clock_skew_s
+    )
     try:
         async with asyncio.timeout(s.settings.db_timeout_s):
             async with s.pool.acquire() as conn, conn.transaction():
@@ -135,7 +141,7 @@ async def post_labels(request: Request) -> Response:
 )
 async def get_transaction(request: Request, transaction_id: str) -> Response:
     s = _services(request)
-    if not _TXID.match(transaction_id):
+    if not _TXID.fullmatch(transaction_id):
         raise InvalidFieldError(
             [FieldIssue("transaction_id", "must be 1-64 characters of A-Z a-z 0-9 . _ : -")]
         )
@@ -189,11 +195,13 @@ def _transaction_view(row: dict[str, Any]) -> dict[str, Any]:
 
 
 @router.get("/health/live", summary="The process is up", tags=["health"])
+@router.head("/health/live", include_in_schema=False)
 async def live() -> Response:
     return _json({"status": "ok"})
 
 
 @router.get("/health/ready", summary="Ready to score: database, Redis, dispatcher", tags=["health"])
+@router.head("/health/ready", include_in_schema=False)
 async def ready(request: Request) -> Response:
     s = _services(request)
     checks: dict[str, bool] = {}

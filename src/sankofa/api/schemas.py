@@ -94,18 +94,55 @@ class Problem(BaseModel):
     indexes: list[int] | None = None
 
 
-def body_ref(name: str) -> dict[str, Any]:
+SCORING_HEADERS: list[dict[str, Any]] = [
+    {
+        "name": "X-Priority",
+        "in": "header",
+        "required": False,
+        "description": "Priority class (default normal). Any other value is a 422. Wins over Priority.",
+        "schema": {"type": "string", "enum": ["critical", "high", "normal", "low"]},
+    },
+    {
+        "name": "Priority",
+        "in": "header",
+        "required": False,
+        "description": "RFC 9218: u=0-1 critical, 2 high, 3-4 normal, 5-7 low; malformed or"
+        " out-of-range urgencies are ignored.",
+        "schema": {"type": "string", "example": "u=1"},
+    },
+    {
+        "name": "X-Request-Timeout-Ms",
+        "in": "header",
+        "required": False,
+        "description": "Shortens (never lengthens) the class deadline: critical 250 ms, high 500 ms,"
+        " normal 1 s, low 5 s by default.",
+        "schema": {"type": "integer", "minimum": 1},
+    },
+    {
+        "name": "X-Request-Id",
+        "in": "header",
+        "required": False,
+        "description": "Echoed back when it is 1-64 characters of A-Z a-z 0-9 . _ : -; else generated.",
+        "schema": {"type": "string"},
+    },
+]
+
+
+def body_ref(name: str, *, headers: bool = False) -> dict[str, Any]:
     """``openapi_extra`` for a route that reads its own body: point at a component."""
-    return {
+    extra: dict[str, Any] = {
         "requestBody": {
             "required": True,
             "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}},
         }
     }
+    if headers:
+        extra["parameters"] = SCORING_HEADERS
+    return extra
 
 
-#: Request models documented as components (their nested models come along).
-REQUEST_MODELS: tuple[type[BaseModel], ...] = (TransactionIn, TransactionBatchIn, LabelsIn)
+#: Models documented as components (their nested models come along).
+REQUEST_MODELS: tuple[type[BaseModel], ...] = (TransactionIn, TransactionBatchIn, LabelsIn, Problem)
 
 
 def component_schemas() -> dict[str, Any]:
@@ -118,7 +155,12 @@ def component_schemas() -> dict[str, Any]:
 
 
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": Problem, "content": {"application/problem+json": {}}, "description": desc}
+    code: {
+        "description": desc,
+        "content": {
+            "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+        },
+    }
     for code, desc in {
         400: "Malformed JSON",
         404: "Not found",

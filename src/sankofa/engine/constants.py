@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Final
 
-#: Transaction id: the idempotency key. Restricted so it is safe in URLs, logs and keys.
-TRANSACTION_ID_PATTERN: Final = r"^[A-Za-z0-9._:-]{1,64}$"
+#: Transaction id: the idempotency key. Restricted so it is safe in URLs, logs and keys;
+#: at least one letter or digit, so that "." and ".." (which URL paths collapse) are out.
+TRANSACTION_ID_PATTERN: Final = r"^(?=.*[A-Za-z0-9])[A-Za-z0-9._:-]{1,64}$"
 #: Customer, terminal and device identifiers: printable, bounded (they become Redis keys).
 MAX_IDENTIFIER_CHARS: Final = 128
 MAX_CHANNEL_CHARS: Final = 32

@@ -1,27 +1,33 @@
 -- Online feature state for a batch of transactions, in one round trip.
 --
 -- Redis keeps, per customer and per terminal, a compact history: a string of
--- fixed-size little-endian records, appended in arrival order.
---   customer record (24 bytes): event time (double), amount in cents (double), id hash (8 bytes)
---   terminal record (24 bytes): event time (double), id hash (8 bytes), fraud label (double, 0/1)
+-- 24-byte little-endian records, appended in arrival order.
+--   customer record: event time (double), amount in cents (double), id hash (8 bytes)
+--   terminal record: event time (double), id hash (8 bytes), fraud label (double, 0/1)
 -- This script appends each transaction to its customer's and terminal's
--- history (unless that id is already there) and returns the histories as they
--- stand after it, so that the service computes every window with numpy on its
--- side: Redis only copies bytes, four commands per transaction.
+-- history (unless that id is already there), trims records that no window can
+-- reach any more, and returns each history once with, per transaction, the
+-- range of records it sees: the service computes every window with numpy.
+-- Work and reply grow with the records and transactions, never with their
+-- product, so a customer appearing a thousand times in a batch costs no more
+-- than a thousand customers.
 --
 -- KEYS: per transaction i (1-based): KEYS[2i-1] customer history, KEYS[2i] terminal history.
 -- ARGV: [1] customer horizon, [2] terminal horizon (seconds of history kept
---       behind each transaction's time), [3] key ttl in seconds, [4] the batch:
+--       behind a transaction's time), [3] key ttl in seconds, [4] the batch:
 --       per transaction 24 bytes (time double, cents double, id hash 8 bytes).
 --
--- Returns one string: n headers of 3 doubles (flags, customer history length,
--- terminal history length), then for each transaction its customer history
--- and its terminal history. flags: 1 = appended to the customer history,
--- 2 = appended to the terminal history.
+-- Reply, all little-endian doubles then bytes:
+--   [number of transactions n] [number of distinct keys m]
+--   per transaction: flags, customer key index, first, end, terminal key index, first, end
+--     (indexes 0-based into the distinct keys; first/end in records, end exclusive;
+--     flags: 1 = appended to the customer history, 2 = to the terminal history)
+--   per distinct key: its record count
+--   then every distinct key's records, in key order.
 --
--- Expiry: a key gets its ttl when created and whenever old records are
--- trimmed from it, which happens at least once per horizon for an active key;
--- the ttl is longer than both horizons, so only idle keys expire.
+-- Expiry: a key gets its ttl when written whole (created or trimmed); appends
+-- keep it. An active key is trimmed at least once per horizon and the ttl is
+-- longer than both horizons, so only idle keys expire.
 
 local chorizon = tonumber(ARGV[1])
 local thorizon = tonumber(ARGV[2])
@@ -30,63 +36,108 @@ local batch = ARGV[4]
 local n = #KEYS / 2
 local NOFRAUD = struct.pack('<d', 0)
 
--- Whether `blob` holds `hash` at byte offset `at` of some record of 24 bytes.
-local function holds(blob, hash, at)
-  local pos = string.find(blob, hash, 1, true)
+local find, unpack = string.find, struct.unpack
+local index = {}     -- key name -> key index (1-based)
+local names = {}     -- key index -> name
+local base = {}      -- key index -> history as read (string, false when absent)
+local baselen = {}   -- key index -> records in it
+local added = {}     -- key index -> list of appended records (strings), when any
+local addtimes = {}  -- key index -> their times
+local hashes = {}    -- key index -> set of id hashes appended in this batch
+local first = {}     -- key index -> first record still kept (0-based)
+
+local function key_of(name)
+  local k = index[name]
+  if k then return k end
+  k = #names + 1
+  index[name] = k
+  names[k] = name
+  local blob = redis.call('GET', name)
+  base[k] = blob
+  baselen[k] = blob and #blob / 24 or 0
+  first[k] = 0
+  return k
+end
+
+local function time_at(k, r)  -- record r (0-based) of key k
+  local nb = baselen[k]
+  if r < nb then return (unpack('<d', base[k], r * 24 + 1)) end
+  return addtimes[k][r - nb + 1]
+end
+
+local function holds(k, hash, at)
+  local h = hashes[k]
+  if h and h[hash] then return true end
+  local blob = base[k]
+  if not blob then return false end
+  local pos = find(blob, hash, 1, true)
   while pos do
-    if (pos - 1) % 24 == at then return true end
-    pos = string.find(blob, hash, pos + 1, true)
+    if (pos - 1) % 24 == at and (pos - 1 - at) / 24 >= first[k] then return true end
+    pos = find(blob, hash, pos + 1, true)
   end
   return false
 end
 
--- Append `rec` (unless already there), drop records older than `oldest` from
--- the front, and return the history as it stands.
-local function add(key, rec, hash, at, oldest)
-  local blob = redis.call('GET', key)
-  local added = false
-  if not blob then
-    blob = rec
-    redis.call('SET', key, blob, 'EX', ttl)
-    return blob, true
-  end
-  if not holds(blob, hash, at) then
-    redis.call('APPEND', key, rec)
-    blob = blob .. rec
-    added = true
-  end
-  local cut = 0
-  local len = #blob
-  while cut < len and struct.unpack('<d', blob, cut + 1) < oldest do
-    cut = cut + 24
-  end
-  if cut > 0 then
-    blob = string.sub(blob, cut + 1)
-    if #blob == 0 then
-      redis.call('DEL', key)
-    else
-      redis.call('SET', key, blob, 'EX', ttl)
+-- Append (unless already there), trim the front, return (appended, first, end).
+local function add(k, rec, t, hash, at, oldest)
+  local appended = false
+  if not holds(k, hash, at) then
+    local list = added[k]
+    if not list then
+      list = {}
+      added[k] = list
+      addtimes[k] = {}
+      hashes[k] = {}
     end
+    list[#list + 1] = rec
+    local times = addtimes[k]
+    times[#times + 1] = t
+    hashes[k][hash] = true
+    appended = true
   end
-  return blob, added
+  local list = added[k]
+  local total = baselen[k] + (list and #list or 0)
+  local f = first[k]
+  while f < total and time_at(k, f) < oldest do f = f + 1 end
+  first[k] = f
+  return appended, f, total
 end
 
 local heads = {}
-local bodies = {}
 for i = 1, n do
   local off = (i - 1) * 24
-  local t = struct.unpack('<d', batch, off + 1)
-  local time = string.sub(batch, off + 1, off + 8)
+  local t = unpack('<d', batch, off + 1)
   local hash = string.sub(batch, off + 17, off + 24)
-  local flags = 0
-
-  local cblob, cadded = add(KEYS[2 * i - 1], string.sub(batch, off + 1, off + 24), hash, 16, t - chorizon)
-  if cadded then flags = flags + 1 end
-  local tblob, tadded = add(KEYS[2 * i], time .. hash .. NOFRAUD, hash, 8, t - thorizon)
-  if tadded then flags = flags + 2 end
-
-  heads[i] = struct.pack('<ddd', flags, #cblob, #tblob)
-  bodies[2 * i - 1] = cblob
-  bodies[2 * i] = tblob
+  local ck = key_of(KEYS[2 * i - 1])
+  local tk = key_of(KEYS[2 * i])
+  local ca, cf, ce = add(ck, string.sub(batch, off + 1, off + 24), t, hash, 16, t - chorizon)
+  local ta, tf, te = add(tk, string.sub(batch, off + 1, off + 8) .. hash .. NOFRAUD, t, hash, 8, t - thorizon)
+  local flags = (ca and 1 or 0) + (ta and 2 or 0)
+  heads[i] = struct.pack('<ddddddd', flags, ck - 1, cf, ce, tk - 1, tf, te)
 end
-return table.concat(heads) .. table.concat(bodies)
+
+-- Write each touched key once: whole (new or trimmed, with its ttl) or by one append.
+local counts = {}
+local bodies = {}
+for k = 1, #names do
+  local appended = added[k] and table.concat(added[k]) or ''
+  local full = (base[k] or '') .. appended
+  bodies[k] = full
+  counts[k] = struct.pack('<d', #full / 24)
+  local f = first[k]
+  if f > 0 then
+    local kept = string.sub(full, f * 24 + 1)
+    if #kept == 0 then
+      redis.call('DEL', names[k])
+    else
+      redis.call('SET', names[k], kept, 'EX', ttl)
+    end
+  elseif #appended > 0 then
+    if base[k] then
+      redis.call('APPEND', names[k], appended)
+    else
+      redis.call('SET', names[k], full, 'EX', ttl)
+    end
+  end
+end
+return struct.pack('<dd', n, #names) .. table.concat(heads) .. table.concat(counts) .. table.concat(bodies)

@@ -43,7 +43,11 @@ ADDED_TERMINAL: Final = 2
 _RECORD_WORDS: Final = 3
 _CUSTOMER_HASH_AT: Final = 16
 _TERMINAL_HASH_AT: Final = 8
-_HEAD_WORDS: Final = 3
+_HEAD_WORDS: Final = 7
+#: How far back a transaction's windows reach.
+CUSTOMER_HORIZON_S: Final = max(CUSTOMER_WINDOWS_DAYS) * DAY_S
+TERMINAL_HORIZON_S: Final = (LABEL_DELAY_DAYS + max(TERMINAL_WINDOWS_DAYS)) * DAY_S
+_WINDOW_REACH_S: Final = float(max(CUSTOMER_HORIZON_S, TERMINAL_HORIZON_S))
 _FRAUD: Final = struct.pack("<d", 1.0)
 _NOT_FRAUD: Final = struct.pack("<d", 0.0)
 _BATCH_RECORD: Final = np.dtype([("t", "<f8"), ("cents", "<f8"), ("hash", "S8")])
@@ -57,6 +61,10 @@ REDIS_DOWN: Final = (
     OSError,
     TimeoutError,
 )
+
+
+#: Error replies that mean "Redis cannot serve right now", not a bug in our call.
+_REDIS_NOT_NOW: Final = frozenset({"BUSY", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN"})
 
 
 def _script(name: str) -> str:
@@ -84,50 +92,132 @@ def time_flags(
     return (weekday >= 5).astype(np.float64), (hour <= NIGHT_LAST_HOUR).astype(np.float64)
 
 
-def _records(
-    words: npt.NDArray[np.float64], starts: npt.NDArray[np.int64], lens: npt.NDArray[np.int64]
-) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
-    """Concatenate ragged runs of 3-word records (start, length in words) with their run index."""
-    total = int(lens.sum())
-    if total == 0:
-        return np.empty((0, _RECORD_WORDS)), np.empty(0, dtype=np.int64)
-    run = np.repeat(np.arange(lens.shape[0]), lens)
-    first = np.cumsum(lens) - lens
-    index = starts[run] + (np.arange(total) - first[run])
-    return words[index].reshape(-1, _RECORD_WORDS), run[::_RECORD_WORDS]
+def _parse_reply(
+    reply: bytes,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """(per-transaction heads (n, 7), records per distinct key, all records (r, 3))."""
+    words = np.frombuffer(reply, dtype="<f8")
+    n, m = int(words[0]), int(words[1])
+    heads = words[2 : 2 + _HEAD_WORDS * n].reshape(n, _HEAD_WORDS)
+    counts = words[2 + _HEAD_WORDS * n : 2 + _HEAD_WORDS * n + m].astype(np.int64)
+    records = words[2 + _HEAD_WORDS * n + m :].reshape(-1, _RECORD_WORDS)
+    return heads, counts, records
+
+
+class _Histories:
+    """All histories of a batch, concatenated in key order, with window queries.
+
+    A transaction sees the records [first, end) of its key (arrival order). For
+    a key whose records are in time order (the normal case), a window is a
+    contiguous run found by binary search, and its sum a difference of prefix
+    sums: O((records + transactions) log records) for the whole batch. Keys
+    with out-of-order records fall back to checking each visible record.
+    """
+
+    def __init__(
+        self,
+        records: npt.NDArray[np.float64],
+        counts: npt.NDArray[np.int64],
+        key: npt.NDArray[np.int64],
+        first: npt.NDArray[np.int64],
+        end: npt.NDArray[np.int64],
+        value_column: int,
+        query_times: npt.NDArray[np.float64],
+    ) -> None:
+        self.times = records[:, 0]
+        start = np.cumsum(counts) - counts
+        self.lo_bound = start[key] + first
+        self.hi_bound = start[key] + end
+        self.key = key
+        rec_key = np.repeat(np.arange(counts.shape[0]), counts)
+        # Customer and terminal histories share the reply; the other kind's column
+        # holds id-hash bits, not numbers: keep only this kind's records' values.
+        mine = np.zeros(counts.shape[0], dtype=bool)
+        mine[key] = True
+        self.values = np.where(mine[rec_key], records[:, value_column], 0.0)
+        self.prefix = np.concatenate(([0.0], np.cumsum(self.values)))
+        unsorted = np.zeros(counts.shape[0], dtype=bool)
+        if self.times.shape[0] > 1:
+            drops = (np.diff(self.times) < 0) & (rec_key[1:] == rec_key[:-1])
+            unsorted[rec_key[1:][drops]] = True
+        self.slow = unsorted[key]
+        self._composite: npt.NDArray[np.int64] | None = None
+        lowest = (
+            min(self.times.min(initial=np.inf), query_times.min(initial=np.inf)) - _WINDOW_REACH_S
+        )
+        highest = max(self.times.max(initial=-np.inf), query_times.max(initial=-np.inf))
+        if np.isfinite(lowest) and np.isfinite(highest):
+            span = int((highest - lowest) * 1e6) + 4
+            if counts.shape[0] * span < 2**62:
+                self._base, self._span = lowest, span
+                rel = np.rint((self.times - lowest) * 1e6).astype(np.int64) + 1
+                # Binary search needs the whole array sorted: records of keys out of
+                # time order (answered the slow way) are flattened so they keep it so.
+                self._composite = np.maximum.accumulate(rec_key * span + rel)
+        if self._composite is None:
+            self.slow[:] = True
+
+    def _position(
+        self, key: npt.NDArray[np.int64], t: npt.NDArray[np.float64]
+    ) -> npt.NDArray[np.int64]:
+        """Index just past the records of each key with time <= t."""
+        assert self._composite is not None
+        rel = np.clip(np.rint((t - self._base) * 1e6).astype(np.int64) + 1, 0, self._span - 1)
+        found: npt.NDArray[np.int64] = np.searchsorted(
+            self._composite, key * self._span + rel, side="right"
+        )
+        return found
+
+    def window(
+        self, query: npt.NDArray[np.float64], after_s: float, upto_s: float
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """Count and summed values of visible records with time in (query - after_s, query - upto_s]."""
+        n = query.shape[0]
+        count = np.zeros(n)
+        total = np.zeros(n)
+        fast = ~self.slow
+        if fast.any():
+            q, k = query[fast], self.key[fast]
+            lo = np.maximum(self._position(k, q - after_s), self.lo_bound[fast])
+            hi = np.maximum(np.minimum(self._position(k, q - upto_s), self.hi_bound[fast]), lo)
+            count[fast] = hi - lo
+            total[fast] = self.prefix[hi] - self.prefix[lo]
+        if self.slow.any():
+            rows = np.flatnonzero(self.slow)
+            lens = self.hi_bound[rows] - self.lo_bound[rows]
+            run = np.repeat(np.arange(rows.shape[0]), lens)
+            offset = np.cumsum(lens) - lens
+            idx = self.lo_bound[rows][run] + (np.arange(int(lens.sum())) - offset[run])
+            age = query[rows][run] - self.times[idx]
+            inside = ((age >= upto_s) & (age < after_s)).astype(np.float64)
+            count[rows] = np.bincount(run, weights=inside, minlength=rows.shape[0])
+            total[rows] = np.bincount(
+                run, weights=inside * self.values[idx], minlength=rows.shape[0]
+            )
+        return count, total
 
 
 def windows(
-    reply: bytes, n: int, event_time_s: npt.NDArray[np.float64]
+    reply: bytes, event_time_s: npt.NDArray[np.float64]
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
     """Per transaction: customer (count, cents) and terminal (count, frauds) per window.
 
     Returns an (n, 2 * (customer windows + terminal windows)) matrix and the flags.
     """
-    words = np.frombuffer(reply, dtype="<f8")
-    head = words[: n * _HEAD_WORDS].reshape(n, _HEAD_WORDS)
-    flags = head[:, 0].astype(np.int64)
-    flat = (head[:, 1:3].astype(np.int64) // 8).reshape(-1)  # customer, terminal per tx
-    starts = (n * _HEAD_WORDS + np.cumsum(flat) - flat).reshape(n, 2)
-    lens = flat.reshape(n, 2)
+    heads, counts, records = _parse_reply(reply)
+    n = heads.shape[0]
+    h = heads.astype(np.int64)
     nc, nt = len(CUSTOMER_WINDOWS_DAYS), len(TERMINAL_WINDOWS_DAYS)
     out = np.zeros((n, 2 * (nc + nt)))
-
-    cust, crun = _records(words, starts[:, 0], lens[:, 0])
-    age = event_time_s[crun] - cust[:, 0]
+    customers = _Histories(records, counts, h[:, 1], h[:, 2], h[:, 3], 1, event_time_s)
     for w, days in enumerate(CUSTOMER_WINDOWS_DAYS):
-        inside = ((age >= 0) & (age < days * DAY_S)).astype(np.float64)
-        out[:, 2 * w] = np.bincount(crun, weights=inside, minlength=n)
-        out[:, 2 * w + 1] = np.bincount(crun, weights=inside * cust[:, 1], minlength=n)
-
+        out[:, 2 * w], out[:, 2 * w + 1] = customers.window(event_time_s, days * DAY_S, 0.0)
     delay = LABEL_DELAY_DAYS * DAY_S
-    term, trun = _records(words, starts[:, 1], lens[:, 1])
-    tage = event_time_s[trun] - term[:, 0]
+    terminals = _Histories(records, counts, h[:, 4], h[:, 5], h[:, 6], 2, event_time_s)
     for w, days in enumerate(TERMINAL_WINDOWS_DAYS):
-        inside = ((tage >= delay) & (tage < delay + days * DAY_S)).astype(np.float64)
-        out[:, 2 * (nc + w)] = np.bincount(trun, weights=inside, minlength=n)
-        out[:, 2 * (nc + w) + 1] = np.bincount(trun, weights=inside * term[:, 2], minlength=n)
-    return out, flags
+        col = 2 * (nc + w)
+        out[:, col], out[:, col + 1] = terminals.window(event_time_s, delay + days * DAY_S, delay)
+    return out, h[:, 0]
 
 
 def assemble(
@@ -150,11 +240,6 @@ def assemble(
         x[:, 3 + 2 * nc + 2 * w] = count
         x[:, 4 + 2 * nc + 2 * w] = np.divide(frauds, count, out=np.zeros(n), where=count > 0)
     return x
-
-
-#: How far back a transaction's windows reach.
-CUSTOMER_HORIZON_S: Final = max(CUSTOMER_WINDOWS_DAYS) * DAY_S
-TERMINAL_HORIZON_S: Final = (LABEL_DELAY_DAYS + max(TERMINAL_WINDOWS_DAYS)) * DAY_S
 
 
 class FeatureStore:
@@ -212,7 +297,7 @@ class FeatureStore:
         reply = await self._run(
             self._script(keys=keys, args=[*self._fixed_args, records.tobytes()])
         )
-        counts, flags = windows(reply, n, times)
+        counts, flags = windows(reply, times)
         return OnlineFeatures(assemble(counts, cents, local), flags)
 
     async def forget(self, txs: Sequence[Transaction], flags: Sequence[int]) -> None:
@@ -245,7 +330,7 @@ class FeatureStore:
     async def ping(self) -> bool:
         try:
             return bool(await self._run(self._redis.ping()))
-        except FeatureStoreUnavailableError:
+        except (FeatureStoreUnavailableError, redis_errors.RedisError):
             return False
 
     async def _run(self, awaitable: Any) -> Any:
@@ -256,3 +341,11 @@ class FeatureStore:
             raise FeatureStoreUnavailableError(
                 f"feature store unavailable: {type(exc).__name__}", retry_after_s=1.0
             ) from exc
+        except redis_errors.ResponseError as exc:
+            # BUSY (a script running past lua-time-limit), LOADING, MASTERDOWN,
+            # CLUSTERDOWN, TRYAGAIN: Redis is there but cannot serve now.
+            if str(exc).split(" ", 1)[0] in _REDIS_NOT_NOW:
+                raise FeatureStoreUnavailableError(
+                    f"feature store unavailable: {str(exc)[:80]}", retry_after_s=1.0
+                ) from exc
+            raise

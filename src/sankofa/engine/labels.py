@@ -15,14 +15,16 @@ from typing import Final
 
 from sankofa.engine import constants as C
 from sankofa.engine.transaction import parse_timestamp
-from sankofa.errors import FieldIssue, InvalidFieldError
+from sankofa.errors import BodyTooLargeError, FieldIssue, InvalidFieldError
 from sankofa.store.repository import LabelIn
 
 _TXID: Final = re.compile(C.TRANSACTION_ID_PATTERN)
 _FIELDS: Final = frozenset({"transaction_id", "fraud", "labelled_at"})
 
 
-def parse_labels(body: object, *, max_items: int) -> list[LabelIn]:
+def parse_labels(
+    body: object, *, max_items: int, max_clock_skew_s: float = 3600.0
+) -> list[LabelIn]:
     if not isinstance(body, dict) or not isinstance(body.get("labels"), list):
         raise InvalidFieldError([FieldIssue("labels", "must be a list of label objects")])
     extra = body.keys() - {"labels"}
@@ -32,8 +34,9 @@ def parse_labels(body: object, *, max_items: int) -> list[LabelIn]:
     if not items:
         raise InvalidFieldError([FieldIssue("labels", "must hold at least one label")])
     if len(items) > max_items:
-        raise InvalidFieldError([FieldIssue("labels", f"must hold at most {max_items} labels")])
+        raise BodyTooLargeError(f"at most {max_items} labels per request, got {len(items)}")
     now = datetime.now(UTC)
+    latest_s = now.timestamp() + max_clock_skew_s
     out: list[LabelIn] = []
     issues: list[FieldIssue] = []
     seen: dict[str, int] = {}
@@ -45,7 +48,7 @@ def parse_labels(body: object, *, max_items: int) -> list[LabelIn]:
         for k in sorted(obj.keys() - _FIELDS):
             issues.append(FieldIssue(f"{where}.{k}", "unknown field"))
         txid = obj.get("transaction_id")
-        if not (isinstance(txid, str) and _TXID.match(txid)):
+        if not (isinstance(txid, str) and _TXID.fullmatch(txid)):
             issues.append(
                 FieldIssue(
                     f"{where}.transaction_id", "must be 1-64 characters of A-Z a-z 0-9 . _ : -"
@@ -61,7 +64,7 @@ def parse_labels(body: object, *, max_items: int) -> list[LabelIn]:
             continue
         labelled_at = now
         if obj.get("labelled_at") is not None:
-            labelled_at, why = parse_timestamp(obj["labelled_at"])
+            labelled_at, why = parse_timestamp(obj["labelled_at"], latest_s)
             if why:
                 issues.append(FieldIssue(f"{where}.labelled_at", why))
                 continue

@@ -30,9 +30,14 @@ import numpy as np
 import numpy.typing as npt
 
 from sankofa.engine.decision import DecisionPolicy, decide
-from sankofa.engine.features_online import FeatureStore
+from sankofa.engine.features_online import ADDED_CUSTOMER, ADDED_TERMINAL, FeatureStore
 from sankofa.engine.transaction import Transaction
-from sankofa.errors import ConflictError, SankofaError, StorageUnavailableError
+from sankofa.errors import (
+    ConflictError,
+    SankofaError,
+    StorageUnavailableError,
+    UnstorableValueError,
+)
 from sankofa.queues.dispatcher import Job
 from sankofa.store import repository as repo
 
@@ -79,8 +84,11 @@ DecisionOut = dict[str, Any]
 ScoreJob = Job[ScoreRequest, list[DecisionOut]]
 
 
-class _Conflict(Exception):
-    pass
+_ADDED_ALL = ADDED_CUSTOMER | ADDED_TERMINAL
+
+
+class _Unstorable(Exception):
+    """The database refused a value of this batch (see ScoringEngine.handle)."""
 
 
 class ScoringEngine:
@@ -117,13 +125,25 @@ class ScoringEngine:
     async def handle(self, jobs: Sequence[ScoreJob]) -> list[list[DecisionOut] | BaseException]:
         started = self._now()
         try:
-            return await self._handle(jobs, started)
-        except asyncpg.UniqueViolationError:
-            # Another batch stored one of our ids between our read and our COPY.
-            # Everything was rolled back and un-counted: run again, and the read
-            # will now classify that id as a replay or a conflict.
-            log.info("id race with a concurrent batch; retrying the batch once")
-            return await self._handle(jobs, started)
+            try:
+                return await self._handle(jobs, started)
+            except asyncpg.UniqueViolationError:
+                # Another batch stored one of our ids between our read and our COPY.
+                # Everything was rolled back and un-counted: run again, and the read
+                # will now classify that id as a replay or a conflict.
+                log.info("id race with a concurrent batch; retrying the batch once")
+                return await self._handle(jobs, started)
+        except _Unstorable as exc:
+            # One request's value broke the COPY for the whole batch: never let it
+            # fail the others. Run each request alone to find which one it was.
+            if len(jobs) == 1:
+                log.warning("unstorable value: %s", exc.__cause__)
+                return [UnstorableValueError(f"a value could not be stored: {exc.__cause__}")]
+            log.warning("unstorable value in a batch of %d requests; isolating it", len(jobs))
+            results: list[list[DecisionOut] | BaseException] = []
+            for job in jobs:
+                results.extend(await self.handle([job]))
+            return results
 
     async def _handle(
         self, jobs: Sequence[ScoreJob], started: float
@@ -133,8 +153,14 @@ class ScoringEngine:
         new_txs: list[Transaction] = []
         new_job: list[int] = []
         flags: npt.NDArray[np.int64] | None = None
+        counting = False
+        # The batch must finish by its most urgent request's deadline (and within
+        # the database timeout): a slow database or Redis gives a fast 503, not a
+        # late 200 nobody waits for.
+        loop = asyncio.get_running_loop()
+        budget_s = min(self._db_timeout_s, min(job.deadline for job in jobs) - loop.time())
         try:
-            async with asyncio.timeout(self._db_timeout_s):
+            async with asyncio.timeout(max(budget_s, 0.0)):
                 async with self._pool.acquire() as conn:
                     async with conn.transaction():
                         self.db_transactions += 1
@@ -143,17 +169,30 @@ class ScoringEngine:
                         for j, tx in plan:
                             new_txs.append(tx)
                             new_job.append(j)
+                        counting = True
                         online = await self._features.compute(new_txs)
                         flags = online.flags
                         records, outs = self._decide(jobs, new_txs, new_job, online.matrix, started)
-                        await repo.insert_batch(conn, records)
+                        try:
+                            await repo.insert_batch(conn, records)
+                        except (asyncpg.DataError, OverflowError, ValueError, TypeError) as exc:
+                            raise _Unstorable() from exc
         except BaseException as exc:
-            if flags is not None and new_txs:
-                await self._forget(new_txs, flags)
-            if isinstance(exc, asyncpg.UniqueViolationError):
+            if counting and new_txs:
+                # Not stored: take back what the script counted. If its reply never
+                # came (a timeout), it may still have run: take back everything.
+                added = flags.tolist() if flags is not None else [_ADDED_ALL] * len(new_txs)
+                await self._forget(new_txs, added)
+            if isinstance(exc, asyncpg.UniqueViolationError | _Unstorable):
                 raise
             if isinstance(exc, SankofaError):
                 return [exc] * len(jobs)
+            if isinstance(exc, TimeoutError):
+                err = StorageUnavailableError(
+                    "the batch did not finish by its deadline (the database or Redis is slow)",
+                    retry_after_s=1.0,
+                )
+                return [err] * len(jobs)
             if isinstance(exc, DB_DOWN):
                 err = StorageUnavailableError(
                     f"storage unavailable: {type(exc).__name__}", retry_after_s=1.0
@@ -184,11 +223,14 @@ class ScoringEngine:
                 elif known_hash != tx.content_hash:
                     conflicts.append(i)
             if conflicts:
-                n = len(job.payload.transactions)
-                where = f" at index {', '.join(map(str, conflicts))}" if n > 1 else ""
-                results[j] = ConflictError(
-                    f"transaction_id already used with other content{where}", indexes=conflicts
-                )
+                if len(job.payload.transactions) > 1:
+                    where = f" at index {', '.join(map(str, conflicts))}"
+                    results[j] = ConflictError(
+                        f"transaction_id already used with other content{where}",
+                        indexes=conflicts,
+                    )
+                else:
+                    results[j] = ConflictError("transaction_id already used with other content")
                 continue
             for _, tx in mine:
                 seen[tx.transaction_id] = tx.content_hash
@@ -293,9 +335,9 @@ class ScoringEngine:
             answers.append(decisions)
         return answers
 
-    async def _forget(self, txs: list[Transaction], flags: npt.NDArray[np.int64]) -> None:
+    async def _forget(self, txs: list[Transaction], flags: list[int]) -> None:
         try:
-            await self._features.forget(txs, flags.tolist())
+            await self._features.forget(txs, flags)
         except Exception:
             log.exception(
                 "could not take %d uncommitted transactions back out of the feature store;"

@@ -27,6 +27,7 @@ import hashlib
 import hmac
 import ipaddress
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
@@ -122,22 +123,48 @@ _RFC3339_FAST: Final = re.compile(
 )
 
 
-def parse_timestamp(value: object) -> tuple[datetime, str | None]:
-    """An aware datetime, or (epoch, the reason it was refused)."""
+#: The earliest event time accepted (UTC). Nothing before it is a plausible payment,
+#: and the bound keeps every accepted instant representable everywhere it goes.
+EARLIEST_EVENT_S: Final = 0.0  # 1970-01-01T00:00:00Z
+
+
+def parse_timestamp(value: object, latest_s: float | None = None) -> tuple[datetime, str | None]:
+    """An aware datetime, or (epoch, the reason it was refused).
+
+    The instant must lie between 1970-01-01 UTC and ``latest_s`` (seconds since
+    1970, typically now plus the allowed clock skew) when given.
+    """
     if type(value) is str and _RFC3339_FAST.fullmatch(value):
         try:
-            return datetime.fromisoformat(value), None
+            dt = datetime.fromisoformat(value)
         except ValueError:
-            pass  # e.g. February 30th: the careful path below says why
-    return _parse_timestamp_slowly(value)
+            dt, why = _parse_timestamp_slowly(value)  # e.g. February 30th: say why
+            if why:
+                return dt, why
+    else:
+        dt, why = _parse_timestamp_slowly(value)
+        if why:
+            return dt, why
+    try:
+        t = dt.timestamp()
+    except (OverflowError, ValueError):
+        return _EPOCH, "must be between 1970-01-01T00:00:00Z and now"
+    if t < EARLIEST_EVENT_S:
+        return _EPOCH, "must not be before 1970-01-01T00:00:00Z"
+    if latest_s is not None and t > latest_s:
+        return (
+            _EPOCH,
+            "is too far in the future (the allowed clock skew is SANKOFA_MAX_CLOCK_SKEW_S)",
+        )
+    return dt, None
 
 
 def _parse_timestamp_slowly(value: object) -> tuple[datetime, str | None]:
     if not isinstance(value, str):
         return _EPOCH, "must be an RFC 3339 string with an offset, e.g. 2018-04-01T10:00:00-03:00"
-    m = _RFC3339.match(value)
+    m = _RFC3339.fullmatch(value)
     if m is None:
-        if re.match(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9:.]+$", value):
+        if re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9:.]+", value):
             return _EPOCH, "has no UTC offset; add Z or +HH:MM (naive times are refused)"
         return (
             _EPOCH,
@@ -159,18 +186,21 @@ def _parse_timestamp_slowly(value: object) -> tuple[datetime, str | None]:
         dt = datetime(
             int(year), int(month), int(day), int(hour), int(minute), int(second), micro, tz
         )
-        dt.timestamp()  # out-of-range instants (year 1 with a positive offset) fail here
-    except (ValueError, OverflowError):
+    except ValueError:
         return _EPOCH, "is not a valid calendar date-time"
     return dt, None
 
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=_UTC)
+#: Numbers in metadata must survive a round trip through any JSON parser (2^53).
+_EXACT_FLOAT_LIMIT: Final = float(2**53)
+#: The only control characters a metadata text may hold (PostgreSQL refuses NUL).
+_TEXT_CONTROLS: Final = frozenset("\t\n\r")
 
 
 def parse_amount(value: object) -> tuple[Decimal, str | None]:
     """A positive Decimal with at most two decimals, or (0, the reason it was refused)."""
-    if type(value) is str and _AMOUNT_TEXT.match(value):
+    if type(value) is str and _AMOUNT_TEXT.fullmatch(value):
         d = Decimal(value)
         if 0 < d <= _MAX_AMOUNT:
             return d.quantize(_CENT), None
@@ -181,7 +211,7 @@ def _parse_amount_slowly(value: object) -> tuple[Decimal, str | None]:
     if isinstance(value, bool) or value is None:
         return Decimal(0), "must be a decimal string or a JSON number"
     if isinstance(value, str):
-        if not _AMOUNT_TEXT.match(value):
+        if not _AMOUNT_TEXT.fullmatch(value):
             return Decimal(0), (
                 'must be a plain decimal string such as "48.70" '
                 "(no exponent, sign, spaces or comma; at most 2 decimals)"
@@ -255,9 +285,24 @@ def _metadata(value: object, issues: _Issues, max_bytes: int) -> dict[str, Any] 
                     f"metadata.{k}", f"must be at most {C.MAX_METADATA_VALUE_CHARS} characters"
                 )
                 return None
+            if not v.isprintable() and not all(c.isprintable() or c in _TEXT_CONTROLS for c in v):
+                issues.add(
+                    f"metadata.{k}", "must not hold control characters other than tab and newline"
+                )
+                return None
         elif isinstance(v, float):
-            if v != v or v in (float("inf"), float("-inf")):
-                issues.add(f"metadata.{k}", "must be finite")
+            if not abs(v) < _EXACT_FLOAT_LIMIT:
+                issues.add(
+                    f"metadata.{k}",
+                    "must be finite and below 2^53 (send larger numbers as strings)",
+                )
+                return None
+        elif isinstance(v, int) and not isinstance(v, bool):
+            if not abs(v) < _EXACT_FLOAT_LIMIT:
+                issues.add(
+                    f"metadata.{k}",
+                    "must be below 2^53 in magnitude (send larger numbers as strings)",
+                )
                 return None
         elif isinstance(v, Decimal):
             issues.add(f"metadata.{k}", "must be a finite number of ordinary size")
@@ -276,14 +321,25 @@ def _metadata(value: object, issues: _Issues, max_bytes: int) -> dict[str, Any] 
 class TransactionParser:
     """Validates transaction objects and pseudonymises their identifiers."""
 
-    def __init__(self, *, hmac_key: bytes, max_metadata_bytes: int) -> None:
+    def __init__(
+        self,
+        *,
+        hmac_key: bytes,
+        max_metadata_bytes: int,
+        max_clock_skew_s: float = 3600.0,
+        now: Callable[[], float] = time.time,
+    ) -> None:
         if len(hmac_key) < 16:
             raise ValueError("hmac_key must be at least 16 bytes")
         if max_metadata_bytes < 1:
             raise ValueError("max_metadata_bytes must be >= 1")
+        if max_clock_skew_s < 0:
+            raise ValueError("max_clock_skew_s must be >= 0")
         self._max_metadata_bytes = max_metadata_bytes
+        self._max_clock_skew_s = max_clock_skew_s
+        self._now = now
         self._hash_key = hashlib.sha256(b"sankofa-content-hash:" + hmac_key).digest()
-        self.pseudonymise: Callable[[str], str] = _pseudonymiser(hmac_key)
+        self.pseudonymise: Callable[[str, str], str] = _pseudonymiser(hmac_key)
 
     def parse(self, obj: object, *, prefix: str = "") -> Transaction:
         """One transaction; raises InvalidFieldError naming every broken rule."""
@@ -332,13 +388,13 @@ class TransactionParser:
                 issues.add(name, "is required")
 
         txid = obj.get("transaction_id")
-        if txid is not None and not (isinstance(txid, str) and _TXID.match(txid)):
+        if txid is not None and not (isinstance(txid, str) and _TXID.fullmatch(txid)):
             issues.add("transaction_id", "must be 1-64 characters of A-Z a-z 0-9 . _ : -")
 
         ts_raw = obj.get("timestamp")
         ts = _EPOCH
         if ts_raw is not None:
-            ts, why = parse_timestamp(ts_raw)
+            ts, why = parse_timestamp(ts_raw, self._now() + self._max_clock_skew_s)
             if why:
                 issues.add("timestamp", why)
 
@@ -369,7 +425,7 @@ class TransactionParser:
             issues.add("type", f"must be one of {', '.join(C.TRANSACTION_TYPES)}")
 
         channel = obj.get("channel")
-        if channel is not None and not (isinstance(channel, str) and _CHANNEL.match(channel)):
+        if channel is not None and not (isinstance(channel, str) and _CHANNEL.fullmatch(channel)):
             issues.add("channel", "must be 1-32 characters of a-z 0-9 _")
         device = obj.get("device_id")
         if device is not None:
@@ -391,9 +447,9 @@ class TransactionParser:
         offset = ts.utcoffset()
         offset_s = (offset.days * 86_400 + offset.seconds) if offset is not None else 0
         event_time_s = ts.timestamp()
-        customer_ref = self.pseudonymise(customer)
-        device_ref = self.pseudonymise(device) if isinstance(device, str) else None
-        ip_ref = self.pseudonymise(ip_text) if ip_text is not None else None
+        customer_ref = self.pseudonymise("customer", customer)
+        device_ref = self.pseudonymise("device", device) if isinstance(device, str) else None
+        ip_ref = self.pseudonymise("ip", ip_text) if ip_text is not None else None
         canonical = orjson.dumps(
             [
                 txid,
@@ -430,11 +486,17 @@ class TransactionParser:
         )
 
 
-def _pseudonymiser(key: bytes) -> Callable[[str], str]:
-    """HMAC-SHA256 of an identifier, 128 bits in hex; cached, since customers repeat."""
+def _pseudonymiser(key: bytes) -> Callable[[str, str], str]:
+    """HMAC-SHA256 of (kind, identifier), 128 bits in hex; cached, since customers repeat.
+
+    The kind separates domains: the same text as a customer id and as a device
+    id gives unrelated pseudonyms, so the stored refs cannot be joined across
+    fields.
+    """
 
     @lru_cache(maxsize=65_536)
-    def pseudonymise(value: str) -> str:
-        return hmac.digest(key, value.encode("utf-8"), "sha256")[:16].hex()
+    def pseudonymise(kind: str, value: str) -> str:
+        message = f"{kind}\x1f{value}".encode("utf-8", "surrogatepass")
+        return hmac.digest(key, message, "sha256")[:16].hex()
 
     return pseudonymise

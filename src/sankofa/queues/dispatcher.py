@@ -46,6 +46,8 @@ Supervision
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
 import math
 from collections import deque
@@ -55,6 +57,7 @@ from typing import Any, Generic, TypeVar
 
 from sankofa.errors import DeadlineExceededError, DrainingError, OverloadedError
 from sankofa.queues.clock import Clock, LoopClock, TimerHandle
+from sankofa.queues.cost import BatchCostModel
 from sankofa.queues.priority import Priority
 
 log = logging.getLogger(__name__)
@@ -72,6 +75,9 @@ DEFAULT_SHED_AT: Mapping[Priority, float] = {
 }
 #: Weight of the newest batch in the throughput estimate (exponential average).
 _THROUGHPUT_ALPHA = 0.2
+#: Stop waiting for a batch to grow this long before the estimated cost would
+#: carry a queued job past its deadline.
+_DEADLINE_MARGIN_S = 0.005
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +106,6 @@ class Job(Generic[P, R]):
     future: asyncio.Future[R]
     dispatched_at: float | None = None
     batch_size: int = 0
-    timer: TimerHandle | None = field(default=None, repr=False)
     queued: bool = True
 
     @property
@@ -172,6 +177,13 @@ class Dispatcher(Generic[P, R]):
         self._idle.set()
         self._wait_timer: TimerHandle | None = None
         self._wait_timer_at: float | None = None
+        # Deadlines of queued jobs: one heap and one timer for its earliest, rather
+        # than a timer per job. Entries of jobs no longer queued are dropped lazily.
+        self._deadlines: list[tuple[float, int, Job[P, R]]] = []
+        self._deadline_seq = itertools.count()
+        self._deadline_timer: TimerHandle | None = None
+        self._deadline_timer_at: float | None = None
+        self.cost = BatchCostModel()
         self._scheduler: asyncio.Task[None] | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._draining = False
@@ -242,8 +254,9 @@ class Dispatcher(Generic[P, R]):
     async def close(self) -> None:
         self._closed = True
         self._draining = True
-        if self._wait_timer is not None:
-            self._wait_timer.cancel()
+        for timer in (self._wait_timer, self._deadline_timer):
+            if timer is not None:
+                timer.cancel()
         for task in (self._scheduler, self._supervisor):
             if task is not None and not task.done():
                 task.cancel()
@@ -344,7 +357,9 @@ class Dispatcher(Generic[P, R]):
             deadline=now + deadline_s,
             future=loop.create_future(),
         )
-        job.timer = self._clock.call_at(job.deadline, lambda: self._expire(job))
+        heapq.heappush(self._deadlines, (job.deadline, next(self._deadline_seq), job))
+        if self._deadline_timer_at is None or job.deadline < self._deadline_timer_at:
+            self._arm_deadline_timer(job.deadline)
         self._queues[priority].append(job)
         self._queued_items[priority] += size
         self._queued_total += size
@@ -364,12 +379,33 @@ class Dispatcher(Generic[P, R]):
         if not job.queued:
             return False
         job.queued = False
-        if job.timer is not None:
-            job.timer.cancel()
         self._queued_items[job.priority] -= job.size
         self._queued_total -= job.size
         self._check_idle()
         return True
+
+    def _arm_deadline_timer(self, when: float) -> None:
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+        self._deadline_timer_at = when
+        self._deadline_timer = self._clock.call_at(when, self._on_deadline)
+
+    def _on_deadline(self) -> None:
+        self._deadline_timer = None
+        self._deadline_timer_at = None
+        now = self._clock.now()
+        heap = self._deadlines
+        while heap and (heap[0][0] <= now or not heap[0][2].queued):
+            _, _, job = heapq.heappop(heap)
+            self._expire(job)
+        if heap:
+            self._arm_deadline_timer(heap[0][0])
+
+    def _earliest_deadline(self) -> float | None:
+        heap = self._deadlines
+        while heap and not heap[0][2].queued:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
 
     def _expire(self, job: Job[P, R]) -> None:
         if not self._unqueue(job):
@@ -404,19 +440,31 @@ class Dispatcher(Generic[P, R]):
         return oldest
 
     def _ready_at(self) -> float | None:
-        """When the next batch should leave: now-ish, a later time, or None (nothing queued)."""
+        """When the next batch should leave: now-ish, a later time, or None (nothing queued).
+
+        Waiting lets a batch grow, which only pays while another batch is
+        running: an idle pipeline sends at once. Otherwise the wait ends at
+        ``max_wait_s`` after the oldest job, or earlier if the estimated cost
+        of the batch would then carry any queued job past its deadline.
+        """
         oldest = self._oldest_queued()
         if oldest is None:
             return None
         now = self._clock.now()
         if (
             self._draining
+            or not self._in_flight
             or self._queued_total >= self._max_batch_size
             or self._queued_items[Priority.CRITICAL] > 0
             or self._max_wait_s == 0
         ):
             return now
-        return oldest.enqueued_at + self._max_wait_s
+        ready = oldest.enqueued_at + self._max_wait_s
+        earliest = self._earliest_deadline()
+        if earliest is not None:
+            slack = earliest - self.cost.estimate(self._queued_total) - _DEADLINE_MARGIN_S
+            ready = min(ready, slack)
+        return ready
 
     def _next_job(self, now: float) -> Job[P, R] | None:
         aged: Job[P, R] | None = None
@@ -434,15 +482,23 @@ class Dispatcher(Generic[P, R]):
                 return self._queues[p][0]
         return None
 
+    def _batch_cap(self, now: float) -> int:
+        """Largest batch whose estimated cost leaves the most urgent job half its time."""
+        earliest = self._earliest_deadline()
+        if earliest is None or self.cost.observed == 0:
+            return self._max_batch_size
+        return self.cost.largest_within((earliest - now) / 2, self._max_batch_size)
+
     def _take_batch(self) -> list[Job[P, R]]:
         now = self._clock.now()
+        cap = self._batch_cap(now)
         batch: list[Job[P, R]] = []
         items = 0
         while True:
             job = self._next_job(now)
             if job is None:
                 break
-            if batch and items + job.size > self._max_batch_size:
+            if batch and items + job.size > cap:
                 break
             self._queues[job.priority].popleft()
             self._unqueue(job)
@@ -451,7 +507,7 @@ class Dispatcher(Generic[P, R]):
             job.dispatched_at = now
             batch.append(job)
             items += job.size
-            if items >= self._max_batch_size:
+            if items >= cap:
                 break
         for job in batch:
             job.batch_size = items
@@ -542,6 +598,7 @@ class Dispatcher(Generic[P, R]):
     def _observe(self, items: int, elapsed_s: float) -> None:
         if elapsed_s <= 0 or not math.isfinite(elapsed_s):
             return
+        self.cost.observe(items, elapsed_s)
         rate = items * self._max_in_flight / elapsed_s
         if self._throughput is None:
             self._throughput = rate

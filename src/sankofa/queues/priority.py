@@ -63,7 +63,7 @@ def parse_rfc9218(value: str) -> Priority | None:
     """The class an RFC 9218 ``Priority`` field asks for, or None to ignore it."""
     found: Priority | None = None
     for member in value.split(","):
-        m = _U_MEMBER.match(member.strip())
+        m = _U_MEMBER.fullmatch(member.strip())
         if m is None:
             continue
         # The last occurrence of a dictionary key wins (RFC 8941 section 3.2).
