@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
@@ -218,17 +221,25 @@ def _serve(args: argparse.Namespace) -> int:
         }
     )
     try:
-        with embedded_servers(
-            settings.data_dir,
-            need_database=settings.database_url is None,
-            need_redis=settings.redis_url is None,
-        ) as urls:
+        with contextlib.ExitStack() as stack:
+            urls = stack.enter_context(
+                embedded_servers(
+                    settings.data_dir,
+                    need_database=settings.database_url is None,
+                    need_redis=settings.redis_url is None,
+                )
+            )
             # Workers are separate processes that read their settings from the
             # environment: hand them the embedded servers' URLs that way.
             if urls.database_url:
                 os.environ["SANKOFA_DATABASE_URL"] = urls.database_url
             if urls.redis_url:
                 os.environ["SANKOFA_REDIS_URL"] = urls.redis_url
+            if settings.workers > 1:
+                # Each worker keeps its metrics in files here; /metrics sums them.
+                metrics_dir = tempfile.mkdtemp(prefix="sankofa-metrics-")
+                os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+                stack.callback(shutil.rmtree, metrics_dir, ignore_errors=True)
             # uvicorn shuts down gracefully on SIGTERM / SIGINT, then raises the
             # signal again with the handlers it found at start. Exiting through
             # SystemExit here lets the embedded servers stop cleanly.

@@ -8,11 +8,13 @@ the rest is answered 503), then Redis and the pool close.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi_offline import FastAPIOffline
@@ -30,6 +32,7 @@ from sankofa.engine.model import LogisticModel
 from sankofa.engine.scorer import ScoringEngine
 from sankofa.engine.serving import load_model, policy_for
 from sankofa.engine.transaction import TransactionParser
+from sankofa.metrics import Metrics, MetricsMiddleware
 from sankofa.queues.dispatcher import ClassPolicy, Dispatcher
 from sankofa.queues.priority import Priority
 from sankofa.settings import Settings
@@ -92,6 +95,7 @@ async def open_services(
             timeout_s=settings.redis_timeout_s,
             key_ttl_s=settings.feature_key_ttl_s,
         )
+        metrics = Metrics()
         served = model if model is not None else load_model(settings.model_path)
         policy: DecisionPolicy = policy_for(served, settings)
         engine = ScoringEngine(
@@ -100,6 +104,7 @@ async def open_services(
             model=served,
             policy=policy,
             db_timeout_s=settings.db_timeout_s,
+            metrics=metrics,
         )
         dispatcher = Dispatcher(
             handler=engine.handle,
@@ -108,9 +113,12 @@ async def open_services(
             max_wait_s=settings.max_wait_ms / 1000,
             max_in_flight=settings.max_in_flight_batches,
             ageing_s=settings.ageing_ms / 1000,
+            observer=metrics,
         )
         await dispatcher.start()
         stack.push_async_callback(_drain, dispatcher, settings.drain_grace_s)
+        sampler = asyncio.create_task(_sample_gauges(metrics, dispatcher, pool, redis))
+        stack.push_async_callback(_cancel, sampler)
         yield Services(
             settings=settings,
             pool=pool,
@@ -123,7 +131,34 @@ async def open_services(
             ),
             engine=engine,
             dispatcher=dispatcher,
+            metrics=metrics,
         )
+
+
+#: How often gauges (queue depth, pool use) are sampled.
+GAUGE_INTERVAL_S = 0.5
+
+
+async def _sample_gauges(
+    metrics: Metrics, dispatcher: Dispatcher[Any, Any], pool: asyncpg.Pool, redis: Redis
+) -> None:
+    while True:
+        metrics.set_queue_depth({p.label: dispatcher.queue_depth(p) for p in Priority})
+        size = pool.get_size()
+        metrics.db_pool_size.set(size)
+        metrics.db_pool_in_use.set(size - pool.get_idle_size())
+        in_use = getattr(redis.connection_pool, "_in_use_connections", None)
+        if in_use is not None:
+            metrics.redis_pool_in_use.set(len(in_use))
+        await asyncio.sleep(GAUGE_INTERVAL_S)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
 
 
 async def _drain(dispatcher: Dispatcher[Any, Any], grace_s: float) -> None:
@@ -135,6 +170,12 @@ async def _drain(dispatcher: Dispatcher[Any, Any], grace_s: float) -> None:
         st.batch_items,
         left,
     )
+
+
+def _metrics_of(scope: Any) -> Metrics | None:
+    state = scope.get("state")
+    services = state.get("services") if state else None
+    return services.metrics if services is not None else None
 
 
 def create_app(
@@ -174,9 +215,11 @@ def create_app(
     if settings.benchmark_endpoints:
         app.include_router(bench_routes.router)
     problems.install(app)
-    # Added last = outermost: the request id wraps every answer, 500s included.
+    # Added last = outermost: the request id wraps every answer, 500s included,
+    # and metrics see every request and its final status.
     app.add_middleware(problems.ProblemMiddleware)
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(MetricsMiddleware, metrics_of=_metrics_of)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

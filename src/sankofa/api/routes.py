@@ -25,6 +25,7 @@ from sankofa.errors import (
     NotFoundError,
     StorageUnavailableError,
 )
+from sankofa.metrics import PRIORITY_SCOPE_KEY
 from sankofa.store import repository as repo
 
 _TXID: Final = re.compile(C.TRANSACTION_ID_PATTERN)
@@ -57,6 +58,7 @@ async def score_one(request: Request) -> Response:
     s = _services(request)
     headers = scan_headers(request.scope)
     priority = priority_of(headers)
+    request.scope[PRIORITY_SCOPE_KEY] = priority.label
     timeout_s = timeout_of(headers)
     body = await read_json(request, headers, s.settings.max_body_bytes, s.settings.body_timeout_s)
     tx = s.parser.parse(body)
@@ -78,6 +80,7 @@ async def score_batch(request: Request) -> Response:
     s = _services(request)
     headers = scan_headers(request.scope)
     priority = priority_of(headers)
+    request.scope[PRIORITY_SCOPE_KEY] = priority.label
     timeout_s = timeout_of(headers)
     body = await read_json(request, headers, s.settings.max_body_bytes, s.settings.body_timeout_s)
     if not isinstance(body, dict) or not isinstance(body.get("transactions"), list):
@@ -192,6 +195,12 @@ def _transaction_view(row: dict[str, Any]) -> dict[str, Any]:
         if row["label_fraud"] is None
         else {"fraud": row["label_fraud"], "labelled_at": row["labelled_at"].isoformat()},
     }
+
+
+@router.get("/metrics", summary="Prometheus metrics", tags=["health"])
+async def metrics(request: Request) -> Response:
+    body, content_type = _services(request).metrics.render()
+    return Response(content=body, media_type=content_type)
 
 
 @router.get("/health/live", summary="The process is up", tags=["health"])

@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 from sankofa.engine.features_online import FeatureStore
 from sankofa.engine.scorer import DecisionOut, ScoreRequest, ScoringEngine
 from sankofa.engine.transaction import TransactionParser
+from sankofa.metrics import Metrics
 from sankofa.queues.dispatcher import Dispatcher
 from sankofa.settings import Settings
 
@@ -23,3 +24,4 @@ class Services:
     parser: TransactionParser
     engine: ScoringEngine
     dispatcher: Dispatcher[ScoreRequest, list[DecisionOut]]
+    metrics: Metrics

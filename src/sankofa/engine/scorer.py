@@ -38,6 +38,7 @@ from sankofa.errors import (
     StorageUnavailableError,
     UnstorableValueError,
 )
+from sankofa.metrics import Metrics
 from sankofa.queues.dispatcher import Job
 from sankofa.store import repository as repo
 
@@ -103,6 +104,7 @@ class ScoringEngine:
         policy: DecisionPolicy,
         db_timeout_s: float,
         now: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
         if not db_timeout_s > 0:
             raise ValueError("db_timeout_s must be > 0")
@@ -112,6 +114,7 @@ class ScoringEngine:
         self._policy = policy
         self._db_timeout_s = db_timeout_s
         self._now = now
+        self._metrics = metrics
         self.db_transactions = 0
 
     @property
@@ -124,6 +127,21 @@ class ScoringEngine:
 
     async def handle(self, jobs: Sequence[ScoreJob]) -> list[list[DecisionOut] | BaseException]:
         started = self._now()
+        results = await self._handle_isolating(jobs, started)
+        if self._metrics is not None:
+            decided: dict[str, int] = {"approve": 0, "review": 0, "decline": 0}
+            for r in results:
+                if isinstance(r, list):
+                    for d in r:
+                        if not d["replayed"]:
+                            decided[d["decision"]] += 1
+            items = sum(len(job.payload.transactions) for job in jobs)
+            self._metrics.observe_batch(items, self._now() - started, decided)
+        return results
+
+    async def _handle_isolating(
+        self, jobs: Sequence[ScoreJob], started: float
+    ) -> list[list[DecisionOut] | BaseException]:
         try:
             try:
                 return await self._handle(jobs, started)
@@ -142,7 +160,7 @@ class ScoringEngine:
             log.warning("unstorable value in a batch of %d requests; isolating it", len(jobs))
             results: list[list[DecisionOut] | BaseException] = []
             for job in jobs:
-                results.extend(await self.handle([job]))
+                results.extend(await self._handle_isolating([job], started))
             return results
 
     async def _handle(
@@ -164,12 +182,16 @@ class ScoringEngine:
                 async with self._pool.acquire() as conn:
                     async with conn.transaction():
                         self.db_transactions += 1
+                        if self._metrics is not None:
+                            self._metrics.db_transactions.inc()
                         existing = await repo.find_existing(conn, ids)
                         plan = self._plan(jobs, existing, results)
                         for j, tx in plan:
                             new_txs.append(tx)
                             new_job.append(j)
                         counting = True
+                        if self._metrics is not None and new_txs:
+                            self._metrics.redis_round_trips.inc()
                         online = await self._features.compute(new_txs)
                         flags = online.flags
                         records, outs = self._decide(jobs, new_txs, new_job, online.matrix, started)

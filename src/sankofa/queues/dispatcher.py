@@ -53,7 +53,7 @@ import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from sankofa.errors import DeadlineExceededError, DrainingError, OverloadedError
 from sankofa.queues.clock import Clock, LoopClock, TimerHandle
@@ -113,6 +113,16 @@ class Job(Generic[P, R]):
         return 0.0 if self.dispatched_at is None else self.dispatched_at - self.enqueued_at
 
 
+class DispatchObserver(Protocol):
+    """Optional hooks for metrics; every call is cheap and must not raise."""
+
+    def shed_one(self, priority: str) -> None: ...
+
+    def expired_one(self, priority: str) -> None: ...
+
+    def observe_queue_wait(self, priority: str, seconds: float) -> None: ...
+
+
 #: Handler: called with a batch of jobs, returns one result (or exception) per job.
 BatchHandler = Callable[[Sequence[Job[P, R]]], Awaitable[Sequence[R | BaseException]]]
 
@@ -144,6 +154,7 @@ class Dispatcher(Generic[P, R]):
         ageing_s: float,
         clock: Clock | None = None,
         shed_at: Mapping[Priority, float] = DEFAULT_SHED_AT,
+        observer: DispatchObserver | None = None,
     ) -> None:
         if set(policies) != set(Priority):
             raise ValueError("policies must name every priority class")
@@ -164,6 +175,7 @@ class Dispatcher(Generic[P, R]):
         self._max_in_flight = max_in_flight
         self._ageing_s = ageing_s
         self._clock: Clock = clock if clock is not None else LoopClock()
+        self._observer = observer
         self._capacity = sum(p.queue_bound for p in self._policies.values())
         self._shed_limit = {p: shed_at[p] * self._capacity for p in Priority}
 
@@ -306,24 +318,29 @@ class Dispatcher(Generic[P, R]):
         queued = self._queued_items[priority]
         bound = self._policies[priority].queue_bound
         if queued > 0 and queued + size > bound:
-            self.stats.shed[priority] += 1
+            self._count_shed(priority)
             raise OverloadedError(
                 f"{priority.label} queue is full ({queued} queued)",
                 retry_after_s=self._retry_after(priority),
             )
         if self._queued_total > 0 and self._queued_total + size > self._shed_limit[priority]:
-            self.stats.shed[priority] += 1
+            self._count_shed(priority)
             raise OverloadedError(
                 f"backlog too large for {priority.label} traffic ({self._queued_total} queued)",
                 retry_after_s=self._retry_after(priority),
             )
         wait = self.estimated_wait_s(priority)
         if wait is not None and wait > deadline_s:
-            self.stats.shed[priority] += 1
+            self._count_shed(priority)
             raise OverloadedError(
                 f"estimated wait {wait * 1000:.0f} ms exceeds the {priority.label} deadline",
                 retry_after_s=wait,
             )
+
+    def _count_shed(self, priority: Priority) -> None:
+        self.stats.shed[priority] += 1
+        if self._observer is not None:
+            self._observer.shed_one(priority.label)
 
     def _retry_after(self, priority: Priority) -> float:
         wait = self.estimated_wait_s(priority)
@@ -411,6 +428,8 @@ class Dispatcher(Generic[P, R]):
         if not self._unqueue(job):
             return
         self.stats.expired[job.priority] += 1
+        if self._observer is not None:
+            self._observer.expired_one(job.priority.label)
         if not job.future.done():
             job.future.set_exception(
                 DeadlineExceededError(
@@ -505,6 +524,8 @@ class Dispatcher(Generic[P, R]):
             if job.future.done():  # expired or cancelled meanwhile
                 continue
             job.dispatched_at = now
+            if self._observer is not None:
+                self._observer.observe_queue_wait(job.priority.label, now - job.enqueued_at)
             batch.append(job)
             items += job.size
             if items >= cap:
