@@ -7,6 +7,7 @@
     sankofa train     --input FILE [--out FILE ...]
     sankofa evaluate  --protocol split|prequential --input FILE [--report FILE]
     sankofa features compare --raw FILE --published FILE
+    sankofa loadtest  run|ceiling ...
 
 Operators script these names and options; they stay stable. Settings come
 from ``SANKOFA_*`` variables; options given here override them.
@@ -158,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--name", default="logreg-handbook")
     s.add_argument("--version", dest="model_version", default="1")
 
+    from sankofa.load.cli import add_loadtest_parser
+
+    add_loadtest_parser(sub)
+
     s = sub.add_parser(
         "evaluate",
         help="evaluate on the handbook's protocol",
@@ -191,6 +196,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sankofa.sim.replay import run_replay
 
         return run_replay(args)
+    if args.command == "loadtest":
+        from sankofa.load.cli import run_loadtest
+
+        return run_loadtest(args)
     if args.command == "features":
         from sankofa.sim.compare import run_compare
 
