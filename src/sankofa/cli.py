@@ -249,6 +249,12 @@ def _serve(args: argparse.Namespace) -> int:
                 metrics_dir = tempfile.mkdtemp(prefix="sankofa-metrics-")
                 os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
                 stack.callback(shutil.rmtree, metrics_dir, ignore_errors=True)
+            grace = int(settings.drain_grace_s) + 5
+            if settings.workers > 1:
+                from sankofa.supervisor import Supervisor, WorkerConfig
+
+                config = WorkerConfig(settings.host, settings.port, settings.log_level, grace)
+                return Supervisor(config, settings.workers).run()
             # uvicorn shuts down gracefully on SIGTERM / SIGINT, then raises the
             # signal again with the handlers it found at start. Exiting through
             # SystemExit here lets the embedded servers stop cleanly.
@@ -259,10 +265,9 @@ def _serve(args: argparse.Namespace) -> int:
                 factory=True,
                 host=settings.host,
                 port=settings.port,
-                workers=settings.workers,
                 log_level=settings.log_level,
                 access_log=False,
-                timeout_graceful_shutdown=int(settings.drain_grace_s) + 5,
+                timeout_graceful_shutdown=grace,
             )
     except EmbeddedUnavailableError as exc:
         print(f"sankofa serve: {exc}", file=sys.stderr)

@@ -13,8 +13,6 @@ Cheap on the hot path: labelled children are bound once and reused, gauges
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable
 from typing import Any, Final
 
 from prometheus_client import (
@@ -26,7 +24,6 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sankofa.queues.priority import PRIORITY_NAMES
 
@@ -223,36 +220,3 @@ def mark_process_dead(pid: int) -> None:
     """Drop a stopped worker's live gauges (multiprocess mode)."""
     if multiprocess_dir() is not None:
         multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
-
-
-class MetricsMiddleware:
-    """Count and time every HTTP request by route, status and priority class."""
-
-    def __init__(self, app: ASGIApp, metrics_of: Callable[[Scope], Metrics | None]) -> None:
-        self.app = app
-        self._metrics_of = metrics_of
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def capture(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, capture)
-        finally:
-            metrics = self._metrics_of(scope)
-            if metrics is not None:
-                metrics.observe_request(
-                    route_of(scope["method"], scope["path"]),
-                    status,
-                    scope.get(PRIORITY_SCOPE_KEY, "none"),
-                    time.perf_counter() - started,
-                )

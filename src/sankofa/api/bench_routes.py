@@ -53,9 +53,7 @@ async def bare(request: Request) -> Response:
     s: Services = request.state.services
     headers = scan_headers(request.scope)
     priority_of(headers)
-    body: Any = await read_json(
-        request, headers, s.settings.max_body_bytes, s.settings.body_timeout_s
-    )
+    body: Any = await read_json(request, headers, s.settings.max_body_bytes, s.body_deadlines)
     if not isinstance(body, dict):
         body = {}
     return Response(content=_FIXED, media_type="application/json")
@@ -69,7 +67,7 @@ async def naive(request: Request) -> Response:
     headers = scan_headers(request.scope)
     priority = priority_of(headers)
     tx = s.parser.parse(
-        await read_json(request, headers, s.settings.max_body_bytes, s.settings.body_timeout_s)
+        await read_json(request, headers, s.settings.max_body_bytes, s.body_deadlines)
     )
     online = await s.features.compute([tx])
     model = s.engine.model

@@ -13,9 +13,9 @@ import re
 import secrets
 from typing import Final
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
-from sankofa.errors import FieldIssue, HeadersTooLargeError, InvalidFieldError
+from sankofa.errors import FieldIssue, InvalidFieldError
 from sankofa.queues.priority import Priority, PriorityHeaderError, resolve_priority
 
 REQUEST_ID_HEADER: Final = "x-request-id"
@@ -82,40 +82,8 @@ _ID_COUNTER: Final = itertools.count(1)
 MAX_HEADER_BYTES: Final = 16 * 1024
 
 
-class RequestIdMiddleware:
-    """Echo a well-formed X-Request-Id, or generate one, on every response;
-    refuse oversized header sections with 431."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        given = None
-        size = 0
-        for name, value in scope["headers"]:
-            size += len(name) + len(value)
-            if name == b"x-request-id":
-                given = value
-        rid: bytes
-        if given is not None and _REQUEST_ID.fullmatch(given.decode("latin-1")):
-            rid = given
-        else:
-            rid = f"{_ID_PREFIX}{next(_ID_COUNTER):x}".encode()
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid)]
-            await send(message)
-
-        if size > MAX_HEADER_BYTES:
-            from sankofa.api.problems import from_error
-
-            error = HeadersTooLargeError(
-                f"request headers of {size} bytes exceed {MAX_HEADER_BYTES}"
-            )
-            await from_error(error, scope.get("path"))(scope, receive, send_with_id)
-            return
-        await self.app(scope, receive, send_with_id)
+def request_id(given: bytes | None) -> bytes:
+    """The client's X-Request-Id when well formed, else a fresh one."""
+    if given is not None and _REQUEST_ID.fullmatch(given.decode("latin-1")):
+        return given
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):x}".encode()

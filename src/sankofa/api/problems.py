@@ -18,7 +18,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sankofa.errors import (
     ConflictError,
@@ -105,46 +104,6 @@ def from_error(exc: SankofaError, instance: str | None = None) -> Response:
         headers=headers,
         **extra,
     )
-
-
-class ProblemMiddleware:
-    """Turn an unhandled exception into a 500 problem, and keep the connection.
-
-    Starlette's outermost error middleware answers 500 too, but then re-raises,
-    and the server closes the connection: a client's next request on that
-    keep-alive connection would fail. Caught here, inside it, the 500 is an
-    ordinary response.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracking_send)
-        except Exception:
-            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
-            if started:
-                raise  # nothing sensible can be sent any more
-            response = problem(
-                500,
-                "internal",
-                "Internal error",
-                "the server failed to handle this request; it has been logged",
-                instance=scope.get("path"),
-            )
-            await response(scope, receive, send)
 
 
 def install(app: FastAPI) -> None:

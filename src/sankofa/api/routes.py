@@ -60,7 +60,7 @@ async def score_one(request: Request) -> Response:
     priority = priority_of(headers)
     request.scope[PRIORITY_SCOPE_KEY] = priority.label
     timeout_s = timeout_of(headers)
-    body = await read_json(request, headers, s.settings.max_body_bytes, s.settings.body_timeout_s)
+    body = await read_json(request, headers, s.settings.max_body_bytes, s.body_deadlines)
     tx = s.parser.parse(body)
     decisions = await s.dispatcher.submit(
         ScoreRequest([tx]), priority=priority, size=1, timeout_s=timeout_s
@@ -82,7 +82,7 @@ async def score_batch(request: Request) -> Response:
     priority = priority_of(headers)
     request.scope[PRIORITY_SCOPE_KEY] = priority.label
     timeout_s = timeout_of(headers)
-    body = await read_json(request, headers, s.settings.max_body_bytes, s.settings.body_timeout_s)
+    body = await read_json(request, headers, s.settings.max_body_bytes, s.body_deadlines)
     if not isinstance(body, dict) or not isinstance(body.get("transactions"), list):
         raise InvalidFieldError([FieldIssue("transactions", "must be a list of transactions")])
     extra = body.keys() - {"transactions"}
@@ -112,7 +112,7 @@ async def score_batch(request: Request) -> Response:
 async def post_labels(request: Request) -> Response:
     s = _services(request)
     body = await read_json(
-        request, scan_headers(request.scope), s.settings.max_body_bytes, s.settings.body_timeout_s
+        request, scan_headers(request.scope), s.settings.max_body_bytes, s.body_deadlines
     )
     labels = parse_labels(
         body, max_items=s.settings.max_batch_items, max_clock_skew_s=s.settings.max_clock_skew_s

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import asyncpg
 from redis.asyncio import Redis
 
+from sankofa.api.body import BodyDeadlines
 from sankofa.engine.features_online import FeatureStore
 from sankofa.engine.scorer import DecisionOut, ScoreRequest, ScoringEngine
 from sankofa.engine.transaction import TransactionParser
@@ -25,3 +26,4 @@ class Services:
     engine: ScoringEngine
     dispatcher: Dispatcher[ScoreRequest, list[DecisionOut]]
     metrics: Metrics
+    body_deadlines: BodyDeadlines

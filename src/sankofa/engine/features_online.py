@@ -48,6 +48,11 @@ _HEAD_WORDS: Final = 7
 CUSTOMER_HORIZON_S: Final = max(CUSTOMER_WINDOWS_DAYS) * DAY_S
 TERMINAL_HORIZON_S: Final = (LABEL_DELAY_DAYS + max(TERMINAL_WINDOWS_DAYS)) * DAY_S
 _WINDOW_REACH_S: Final = float(max(CUSTOMER_HORIZON_S, TERMINAL_HORIZON_S))
+_DELAY_S: Final = LABEL_DELAY_DAYS * DAY_S
+_CUSTOMER_REACH_S: Final = np.asarray([d * DAY_S for d in CUSTOMER_WINDOWS_DAYS], dtype=np.float64)
+_TERMINAL_REACH_S: Final = np.asarray(
+    [_DELAY_S + d * DAY_S for d in TERMINAL_WINDOWS_DAYS], dtype=np.float64
+)
 _FRAUD: Final = struct.pack("<d", 1.0)
 _NOT_FRAUD: Final = struct.pack("<d", 0.0)
 _BATCH_RECORD: Final = np.dtype([("t", "<f8"), ("cents", "<f8"), ("hash", "S8")])
@@ -104,8 +109,44 @@ def _parse_reply(
     return heads, counts, records
 
 
+class _Records:
+    """The reply's records (every distinct key's history, in key order), prepared once
+    for both kinds of window: key of each record, time order check, and a sorted
+    (key, time) composite for binary search."""
+
+    def __init__(
+        self,
+        records: npt.NDArray[np.float64],
+        counts: npt.NDArray[np.int64],
+        query_times: npt.NDArray[np.float64],
+    ) -> None:
+        self.records = records
+        self.counts = counts
+        self.times = records[:, 0]
+        self.start = np.cumsum(counts) - counts
+        self.rec_key = np.repeat(np.arange(counts.shape[0]), counts)
+        self.unsorted = np.zeros(counts.shape[0], dtype=bool)
+        if self.times.shape[0] > 1:
+            drops = (np.diff(self.times) < 0) & (self.rec_key[1:] == self.rec_key[:-1])
+            self.unsorted[self.rec_key[1:][drops]] = True
+        self.composite: npt.NDArray[np.int64] | None = None
+        self.base = 0.0
+        self.span = 0
+        if self.times.shape[0] == 0:
+            return
+        lowest = min(float(self.times.min()), float(query_times.min())) - _WINDOW_REACH_S
+        highest = max(float(self.times.max()), float(query_times.max()))
+        span = int((highest - lowest) * 1e6) + 4
+        if counts.shape[0] * span < 2**62:
+            self.base, self.span = lowest, span
+            rel = np.rint((self.times - lowest) * 1e6).astype(np.int64) + 1
+            # Binary search needs the whole array sorted: records of keys out of
+            # time order (answered the slow way) are flattened so they keep it so.
+            self.composite = np.maximum.accumulate(self.rec_key * span + rel)
+
+
 class _Histories:
-    """All histories of a batch, concatenated in key order, with window queries.
+    """One kind of history (customers or terminals) of a batch, with window queries.
 
     A transaction sees the records [first, end) of its key (arrival order). For
     a key whose records are in time order (the normal case), a window is a
@@ -116,72 +157,60 @@ class _Histories:
 
     def __init__(
         self,
-        records: npt.NDArray[np.float64],
-        counts: npt.NDArray[np.int64],
+        shared: _Records,
         key: npt.NDArray[np.int64],
         first: npt.NDArray[np.int64],
         end: npt.NDArray[np.int64],
         value_column: int,
-        query_times: npt.NDArray[np.float64],
     ) -> None:
-        self.times = records[:, 0]
-        start = np.cumsum(counts) - counts
-        self.lo_bound = start[key] + first
-        self.hi_bound = start[key] + end
+        self._shared = shared
+        self.times = shared.times
+        self.lo_bound = shared.start[key] + first
+        self.hi_bound = shared.start[key] + end
         self.key = key
-        rec_key = np.repeat(np.arange(counts.shape[0]), counts)
         # Customer and terminal histories share the reply; the other kind's column
         # holds id-hash bits, not numbers: keep only this kind's records' values.
-        mine = np.zeros(counts.shape[0], dtype=bool)
+        mine = np.zeros(shared.counts.shape[0], dtype=bool)
         mine[key] = True
-        self.values = np.where(mine[rec_key], records[:, value_column], 0.0)
+        self.values = np.where(mine[shared.rec_key], shared.records[:, value_column], 0.0)
         self.prefix = np.concatenate(([0.0], np.cumsum(self.values)))
-        unsorted = np.zeros(counts.shape[0], dtype=bool)
-        if self.times.shape[0] > 1:
-            drops = (np.diff(self.times) < 0) & (rec_key[1:] == rec_key[:-1])
-            unsorted[rec_key[1:][drops]] = True
-        self.slow = unsorted[key]
-        self._composite: npt.NDArray[np.int64] | None = None
-        lowest = (
-            min(self.times.min(initial=np.inf), query_times.min(initial=np.inf)) - _WINDOW_REACH_S
-        )
-        highest = max(self.times.max(initial=-np.inf), query_times.max(initial=-np.inf))
-        if np.isfinite(lowest) and np.isfinite(highest):
-            span = int((highest - lowest) * 1e6) + 4
-            if counts.shape[0] * span < 2**62:
-                self._base, self._span = lowest, span
-                rel = np.rint((self.times - lowest) * 1e6).astype(np.int64) + 1
-                # Binary search needs the whole array sorted: records of keys out of
-                # time order (answered the slow way) are flattened so they keep it so.
-                self._composite = np.maximum.accumulate(rec_key * span + rel)
-        if self._composite is None:
+        self.slow = shared.unsorted[key]
+        if shared.composite is None:
             self.slow[:] = True
 
     def _position(
         self, key: npt.NDArray[np.int64], t: npt.NDArray[np.float64]
     ) -> npt.NDArray[np.int64]:
         """Index just past the records of each key with time <= t."""
-        assert self._composite is not None
-        rel = np.clip(np.rint((t - self._base) * 1e6).astype(np.int64) + 1, 0, self._span - 1)
+        shared = self._shared
+        assert shared.composite is not None
+        rel = np.rint((t - shared.base) * 1e6).astype(np.int64) + 1
+        np.minimum(rel, shared.span - 1, out=rel)
+        np.maximum(rel, 0, out=rel)
         found: npt.NDArray[np.int64] = np.searchsorted(
-            self._composite, key * self._span + rel, side="right"
+            shared.composite, key * shared.span + rel, side="right"
         )
         return found
 
-    def window(
-        self, query: npt.NDArray[np.float64], after_s: float, upto_s: float
+    def windows(
+        self, query: npt.NDArray[np.float64], reach_s: npt.NDArray[np.float64], upto_s: float
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-        """Count and summed values of visible records with time in (query - after_s, query - upto_s]."""
-        n = query.shape[0]
-        count = np.zeros(n)
-        total = np.zeros(n)
+        """Count and summed values of visible records with time in (query - reach, query - upto],
+        for every reach at once: (n, len(reach_s)) each."""
+        n, w = query.shape[0], reach_s.shape[0]
+        count = np.zeros((n, w))
+        total = np.zeros((n, w))
         fast = ~self.slow
         if fast.any():
             q, k = query[fast], self.key[fast]
-            lo = np.maximum(self._position(k, q - after_s), self.lo_bound[fast])
-            hi = np.maximum(np.minimum(self._position(k, q - upto_s), self.hi_bound[fast]), lo)
-            count[fast] = hi - lo
-            total[fast] = self.prefix[hi] - self.prefix[lo]
+            m = q.shape[0]
+            hi = np.minimum(self._position(k, q - upto_s), self.hi_bound[fast])
+            starts = (q[:, None] - reach_s[None, :]).ravel()
+            lo = self._position(np.repeat(k, w), starts).reshape(m, w)
+            lo = np.maximum(lo, self.lo_bound[fast][:, None])
+            hi2 = np.maximum(hi[:, None], lo)
+            count[fast] = hi2 - lo
+            total[fast] = self.prefix[hi2] - self.prefix[lo]
         if self.slow.any():
             rows = np.flatnonzero(self.slow)
             lens = self.hi_bound[rows] - self.lo_bound[rows]
@@ -189,11 +218,11 @@ class _Histories:
             offset = np.cumsum(lens) - lens
             idx = self.lo_bound[rows][run] + (np.arange(int(lens.sum())) - offset[run])
             age = query[rows][run] - self.times[idx]
-            inside = ((age >= upto_s) & (age < after_s)).astype(np.float64)
-            count[rows] = np.bincount(run, weights=inside, minlength=rows.shape[0])
-            total[rows] = np.bincount(
-                run, weights=inside * self.values[idx], minlength=rows.shape[0]
-            )
+            values = self.values[idx]
+            for c, reach in enumerate(reach_s.tolist()):
+                inside = ((age >= upto_s) & (age < reach)).astype(np.float64)
+                count[rows, c] = np.bincount(run, weights=inside, minlength=rows.shape[0])
+                total[rows, c] = np.bincount(run, weights=inside * values, minlength=rows.shape[0])
         return count, total
 
 
@@ -209,14 +238,13 @@ def windows(
     h = heads.astype(np.int64)
     nc, nt = len(CUSTOMER_WINDOWS_DAYS), len(TERMINAL_WINDOWS_DAYS)
     out = np.zeros((n, 2 * (nc + nt)))
-    customers = _Histories(records, counts, h[:, 1], h[:, 2], h[:, 3], 1, event_time_s)
-    for w, days in enumerate(CUSTOMER_WINDOWS_DAYS):
-        out[:, 2 * w], out[:, 2 * w + 1] = customers.window(event_time_s, days * DAY_S, 0.0)
-    delay = LABEL_DELAY_DAYS * DAY_S
-    terminals = _Histories(records, counts, h[:, 4], h[:, 5], h[:, 6], 2, event_time_s)
-    for w, days in enumerate(TERMINAL_WINDOWS_DAYS):
-        col = 2 * (nc + w)
-        out[:, col], out[:, col + 1] = terminals.window(event_time_s, delay + days * DAY_S, delay)
+    shared = _Records(records, counts, event_time_s)
+    customers = _Histories(shared, h[:, 1], h[:, 2], h[:, 3], 1)
+    count, total = customers.windows(event_time_s, _CUSTOMER_REACH_S, 0.0)
+    out[:, 0 : 2 * nc : 2], out[:, 1 : 2 * nc : 2] = count, total
+    terminals = _Histories(shared, h[:, 4], h[:, 5], h[:, 6], 2)
+    count, total = terminals.windows(event_time_s, _TERMINAL_REACH_S, float(_DELAY_S))
+    out[:, 2 * nc :: 2], out[:, 2 * nc + 1 :: 2] = count, total
     return out, h[:, 0]
 
 

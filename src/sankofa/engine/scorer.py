@@ -167,11 +167,13 @@ class ScoringEngine:
         self, jobs: Sequence[ScoreJob], started: float
     ) -> list[list[DecisionOut] | BaseException]:
         results: list[list[DecisionOut] | BaseException | None] = [None] * len(jobs)
-        ids = list({tx.transaction_id for job in jobs for tx in job.payload.transactions})
-        new_txs: list[Transaction] = []
-        new_job: list[int] = []
+        plan = self._plan(jobs, {}, results)  # repeats within the batch
+        new_txs = [tx for _, tx in plan]
+        new_job = [j for j, _ in plan]
         flags: npt.NDArray[np.int64] | None = None
         counting = False
+        existing: dict[str, repo.StoredDecision] = {}
+        keep: list[bool] = []
         # The batch must finish by its most urgent request's deadline (and within
         # the database timeout): a slow database or Redis gives a fast 503, not a
         # late 200 nobody waits for.
@@ -179,26 +181,39 @@ class ScoringEngine:
         budget_s = min(self._db_timeout_s, min(job.deadline for job in jobs) - loop.time())
         try:
             async with asyncio.timeout(max(budget_s, 0.0)):
+                counting = bool(new_txs)
+                if self._metrics is not None and new_txs:
+                    self._metrics.redis_round_trips.inc()
+                online = await self._features.compute(new_txs)
+                flags = online.flags
+                records, outs = self._decide(jobs, new_txs, new_job, online.matrix, started)
                 async with self._pool.acquire() as conn:
-                    async with conn.transaction():
-                        self.db_transactions += 1
-                        if self._metrics is not None:
-                            self._metrics.db_transactions.inc()
-                        existing = await repo.find_existing(conn, ids)
-                        plan = self._plan(jobs, existing, results)
-                        for j, tx in plan:
-                            new_txs.append(tx)
-                            new_job.append(j)
-                        counting = True
-                        if self._metrics is not None and new_txs:
-                            self._metrics.redis_round_trips.inc()
-                        online = await self._features.compute(new_txs)
-                        flags = online.flags
-                        records, outs = self._decide(jobs, new_txs, new_job, online.matrix, started)
-                        try:
-                            await repo.insert_batch(conn, records)
-                        except (asyncpg.DataError, OverflowError, ValueError, TypeError) as exc:
-                            raise _Unstorable() from exc
+                    # An id the feature store already held is most likely a replay:
+                    # only those need a look in the database before the write.
+                    held = [
+                        tx.transaction_id
+                        for tx, f in zip(new_txs, flags.tolist(), strict=True)
+                        if f == 0
+                    ]
+                    if held:
+                        existing = await repo.find_existing(conn, held)
+                    keep = self._keep(jobs, new_txs, new_job, existing, results)
+                    try:
+                        await self._store(
+                            conn, [r for r, k in zip(records, keep, strict=True) if k]
+                        )
+                    except asyncpg.UniqueViolationError:
+                        # Stored before, though Redis did not know it (trimmed, or
+                        # Redis restarted): classify everything against the database.
+                        existing = await repo.find_existing(
+                            conn, [tx.transaction_id for tx in new_txs]
+                        )
+                        results = [None] * len(jobs)
+                        self._plan(jobs, {}, results)
+                        keep = self._keep(jobs, new_txs, new_job, existing, results)
+                        await self._store(
+                            conn, [r for r, k in zip(records, keep, strict=True) if k]
+                        )
         except BaseException as exc:
             if counting and new_txs:
                 # Not stored: take back what the script counted. If its reply never
@@ -221,7 +236,58 @@ class ScoringEngine:
                 )
                 return [err] * len(jobs)
             raise
-        return self._results(jobs, results, existing, new_txs, new_job, outs)
+        assert flags is not None or not new_txs
+        if flags is not None:
+            # Counted in Redis but not stored (replays Redis had forgotten, refused requests).
+            untaken = [
+                (tx, f)
+                for tx, f, k in zip(new_txs, flags.tolist(), keep, strict=True)
+                if f and not k
+            ]
+            if untaken:
+                await self._forget([tx for tx, _ in untaken], [f for _, f in untaken])
+        return self._results(jobs, results, existing, new_txs, new_job, outs, keep)
+
+    async def _store(self, conn: asyncpg.Connection, records: list[repo.Record]) -> None:
+        """One COPY, its own transaction: all the batch's rows or none."""
+        if not records:
+            return
+        self.db_transactions += 1
+        if self._metrics is not None:
+            self._metrics.db_transactions.inc()
+        try:
+            await repo.insert_batch(conn, records)
+        except (asyncpg.DataError, OverflowError, ValueError, TypeError) as exc:
+            raise _Unstorable() from exc
+
+    def _keep(
+        self,
+        jobs: Sequence[ScoreJob],
+        txs: list[Transaction],
+        job_of: list[int],
+        existing: dict[str, repo.StoredDecision],
+        results: list[list[DecisionOut] | BaseException | None],
+    ) -> list[bool]:
+        """Which new transactions to store: not stored already (a replay), and not in a
+        request refused for a conflict (requests are all or nothing)."""
+        refused: dict[int, list[int]] = {}
+        for tx, j in zip(txs, job_of, strict=True):
+            stored = existing.get(tx.transaction_id)
+            if stored is not None and stored.content_hash != tx.content_hash:
+                index = next(i for i, t in enumerate(jobs[j].payload.transactions) if t is tx)
+                refused.setdefault(j, []).append(index)
+        for j, indexes in refused.items():
+            if len(jobs[j].payload.transactions) > 1:
+                where = f" at index {', '.join(map(str, indexes))}"
+                results[j] = ConflictError(
+                    f"transaction_id already used with other content{where}", indexes=indexes
+                )
+            else:
+                results[j] = ConflictError("transaction_id already used with other content")
+        return [
+            tx.transaction_id not in existing and results[j] is None
+            for tx, j in zip(txs, job_of, strict=True)
+        ]
 
     def _plan(
         self,
@@ -335,9 +401,11 @@ class ScoringEngine:
         new_txs: list[Transaction],
         new_job: list[int],
         outs: list[DecisionOut],
+        keep: list[bool],
     ) -> list[list[DecisionOut] | BaseException]:
         fresh = {
-            tx.transaction_id: (out, j) for tx, out, j in zip(new_txs, outs, new_job, strict=True)
+            tx.transaction_id: (out, j, k)
+            for tx, out, j, k in zip(new_txs, outs, new_job, keep, strict=True)
         }
         answers: list[list[DecisionOut] | BaseException] = []
         for j, job in enumerate(jobs):
@@ -346,15 +414,23 @@ class ScoringEngine:
                 answers.append(done)
                 continue
             decisions: list[DecisionOut] = []
+            failed: BaseException | None = None
             for tx in job.payload.transactions:
+                stored = existing.get(tx.transaction_id)
                 hit = fresh.get(tx.transaction_id)
-                if hit is None:
-                    decisions.append(stored_out(existing[tx.transaction_id]))
-                elif hit[1] == j:
-                    decisions.append(hit[0])
-                else:  # the same id sent by another request of this batch: a replay
-                    decisions.append({**hit[0], "replayed": True})
-            answers.append(decisions)
+                if stored is not None:
+                    decisions.append(stored_out(stored))
+                elif hit is not None and hit[2]:
+                    decisions.append(hit[0] if hit[1] == j else {**hit[0], "replayed": True})
+                else:
+                    # The same id came in another request of this batch, which was
+                    # refused: nothing to replay. The client may simply retry.
+                    failed = StorageUnavailableError(
+                        "a request of the same batch with this transaction_id was refused; retry",
+                        retry_after_s=1.0,
+                    )
+                    break
+            answers.append(failed if failed is not None else decisions)
         return answers
 
     async def _forget(self, txs: list[Transaction], flags: list[int]) -> None:

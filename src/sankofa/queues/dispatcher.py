@@ -73,6 +73,12 @@ DEFAULT_SHED_AT: Mapping[Priority, float] = {
     Priority.NORMAL: 0.75,
     Priority.LOW: 0.5,
 }
+#: The classes in serving order, and per class the classes served before or with
+#: it: tuples, because iterating an Enum class is slow on a per-request path.
+_CLASSES: tuple[Priority, ...] = tuple(Priority)
+_AT_OR_ABOVE: dict[Priority, tuple[Priority, ...]] = {
+    p: tuple(q for q in Priority if q <= p) for p in Priority
+}
 #: Weight of the newest batch in the throughput estimate (exponential average).
 _THROUGHPUT_ALPHA = 0.2
 #: Stop waiting for a batch to grow this long before the estimated cost would
@@ -309,7 +315,10 @@ class Dispatcher(Generic[P, R]):
         """Time to serve what is ahead of a new job of this class, from measured throughput."""
         if self._throughput is None or self._throughput <= 0:
             return None
-        ahead = sum(self._queued_items[p] for p in Priority if p <= priority)
+        queued = self._queued_items
+        ahead = 0
+        for p in _AT_OR_ABOVE[priority]:
+            ahead += queued[p]
         return (ahead + self._in_flight_items) / self._throughput
 
     def _admit(self, priority: Priority, size: int, deadline_s: float) -> None:
@@ -450,7 +459,7 @@ class Dispatcher(Generic[P, R]):
 
     def _oldest_queued(self) -> Job[P, R] | None:
         oldest: Job[P, R] | None = None
-        for p in Priority:
+        for p in _CLASSES:
             q = self._queues[p]
             while q and not q[0].queued:
                 q.popleft()
@@ -487,7 +496,7 @@ class Dispatcher(Generic[P, R]):
 
     def _next_job(self, now: float) -> Job[P, R] | None:
         aged: Job[P, R] | None = None
-        for p in Priority:
+        for p in _CLASSES:
             q = self._queues[p]
             while q and not q[0].queued:
                 q.popleft()
@@ -496,7 +505,7 @@ class Dispatcher(Generic[P, R]):
                     aged = q[0]
         if aged is not None:
             return aged
-        for p in Priority:
+        for p in _CLASSES:
             if self._queues[p]:
                 return self._queues[p][0]
         return None

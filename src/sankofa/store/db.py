@@ -32,7 +32,7 @@ class Migration:
 def migrations() -> list[Migration]:
     found: list[Migration] = []
     for entry in resources.files("sankofa.store").joinpath("migrations").iterdir():
-        m = _NAME.match(entry.name)
+        m = _NAME.fullmatch(entry.name)
         if m is None:
             continue
         found.append(Migration(int(m.group(1)), m.group(2), entry.read_text("utf-8")))
