@@ -239,3 +239,56 @@ async def test_windows_equal_the_stream_semantics(store: FeatureStore, seed: int
                 [(t.terminal_id, t.transaction_id, t.event_time_s, True) for t in chosen]
             )
             ref.fraud.update(t.transaction_id for t in chosen)
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_loop_and_numpy_windows_agree(store: FeatureStore, seed: int) -> None:
+    """Both window implementations, on the same replies: hot keys, late arrivals, labels."""
+    import random
+
+    from sankofa.engine.features_online import _windows_loop, _windows_numpy
+
+    rng = random.Random(100 + seed)
+    clock = datetime(2018, 4, 1, tzinfo=UTC).timestamp()
+    original = store._script
+    replies: list[tuple[bytes, np.ndarray]] = []
+
+    async def capture(keys: Any, args: Any) -> Any:
+        reply = await original(keys=keys, args=args)
+        times = np.frombuffer(args[-1], dtype=store_record_dtype())["t"].copy()
+        replies.append((reply, times))
+        return reply
+
+    store._script = capture  # type: ignore[assignment]  (only to see the replies)
+    sent: list[Transaction] = []
+    for _ in range(6):
+        batch = []
+        for _ in range(rng.randint(20, 200)):
+            clock += rng.choice([0, 1, 600, 3600, 6 * 3600])
+            late = 86_400 if rng.random() < 0.05 else 0
+            tx = PARSER.parse(
+                {
+                    "transaction_id": f"w{seed}-{len(sent)}",
+                    "timestamp": datetime.fromtimestamp(clock - late, UTC).isoformat(),
+                    "amount": f"{rng.randint(1, 99999) / 100:.2f}",
+                    "customer_id": rng.choice(["hot"] * 4 + [f"c{i}" for i in range(8)]),
+                    "terminal_id": rng.choice(["T0", "T1"]),
+                }
+            )
+            sent.append(tx)
+            batch.append(tx)
+        await store.compute(batch)
+        chosen = rng.sample(sent, k=10)
+        await store.apply_labels(
+            [(t.terminal_id, t.transaction_id, t.event_time_s, True) for t in chosen]
+        )
+    for reply, times in replies:
+        a, fa = _windows_loop(memoryview(reply).cast("d"), times)
+        b, fb = _windows_numpy(reply, times)
+        assert np.allclose(a, b) and np.array_equal(fa, fb)
+
+
+def store_record_dtype() -> Any:
+    from sankofa.engine.features_online import _BATCH_RECORD
+
+    return _BATCH_RECORD

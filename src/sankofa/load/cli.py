@@ -55,6 +55,13 @@ def _non_negative_float(text: str) -> float:
     return v
 
 
+def _add_scenario(sub: Any) -> None:
+    # Imported here, not at module level: the scenarios pull in numpy and the runner.
+    from sankofa.load.scenarios import add_scenario_parser
+
+    add_scenario_parser(sub)
+
+
 def add_loadtest_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``loadtest`` (with ``run`` and ``ceiling``) to a parser's subparsers."""
     lt: argparse.ArgumentParser = subparsers.add_parser(
@@ -66,6 +73,7 @@ def add_loadtest_parser(subparsers: Any) -> argparse.ArgumentParser:
         " CPU and memory as JSON, markdown and PNG plots.",
     )
     sub = lt.add_subparsers(dest="loadtest_command", required=True, metavar="ACTION")
+    _add_scenario(sub)
 
     r = sub.add_parser(
         "run",
@@ -169,6 +177,10 @@ def run_loadtest(args: argparse.Namespace) -> int:
     """Carry out ``sankofa loadtest ...``; returns the process exit code."""
     if args.loadtest_command == "run":
         return _run(args)
+    if args.loadtest_command == "scenario":
+        from sankofa.load.scenarios import run_scenario
+
+        return run_scenario(args)
     if args.loadtest_command == "ceiling":
         from sankofa.load.ceiling import run_ceiling
 

@@ -1,0 +1,632 @@
+"""``sankofa loadtest scenario NAME``: the measurements of docs/performance.md, each a command.
+
+Every scenario starts its own service (``sankofa serve`` on a scratch database
+and Redis prefix, benchmark endpoints on, ``--workers`` processes), drives it
+with the open-model generator from this package, stops it, and writes JSON,
+markdown and plots under ``--out``.
+
+Searches: a rate is *sustained* when the service answers at least 97 % of the
+offered rate, with at least the required success rate, and (where a latency
+bound applies) p99 within it. The search grows the rate by half until a step
+fails, then bisects between the last success and the first failure.
+
+Scenarios:
+  baselines   highest sustained rate of /bench/bare (the ceiling), /v1/transactions
+              and /bench/naive, single-transaction requests, same request model
+  saturation  highest rate with p99 < 50 ms on /v1/transactions, then a run at half of it
+  isolation   normal and low at twice capacity plus 5 % critical, against critical alone
+  batch       /v1/transactions/batch with 1000 transactions per request
+  seed-table  the seed's normal / peak / stress rows: the highest compression factor
+              (seed days per day) each row's success rate and latency bound hold at
+  memory      a million transactions through the batch endpoint, RSS per worker
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCENARIOS = ("baselines", "saturation", "isolation", "batch", "seed-table", "memory")
+DEFAULT_MIX = "critical=0.05,high=0.15,normal=0.6,low=0.2"
+#: The seed documents' day table: (name, requests per day, success rate, latency bound ms).
+SEED_TABLE = (
+    ("normal", 2_000_000, 1.0, 30.0),
+    ("peak", 8_000_000, 0.999, 80.0),
+    ("stress", 10_000_000, 0.995, 150.0),
+)
+
+
+def add_scenario_parser(sub: Any) -> None:
+    s = sub.add_parser(
+        "scenario",
+        help="run a measured scenario against a service it starts itself",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    s.add_argument("name", choices=(*SCENARIOS, "all"))
+    s.add_argument("--workers", type=int, default=2, help="service worker processes (default 2)")
+    s.add_argument("--duration", type=float, default=10.0, help="seconds measured per step")
+    s.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
+    s.add_argument("--out", type=Path, default=Path("loadtest-results"), help="output folder")
+    s.add_argument(
+        "--input", type=Path, help="handbook raw .csv.gz (default: ../shared/data or the slice)"
+    )
+    s.add_argument(
+        "--capacity", type=float, help="isolation: capacity in req/s (default: measured)"
+    )
+    s.add_argument("--memory-transactions", type=int, default=1_000_000)
+    s.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a service setting for the run, e.g. --set MAX_WAIT_MS=0.5 (SANKOFA_ is added)",
+    )
+
+
+# -- the service under test ---------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Service:
+    """``sankofa serve`` on a scratch database and Redis prefix, on a free port."""
+
+    workers: int
+    log_path: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+    port: int = field(default_factory=_free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    database: str = field(default_factory=lambda: f"sankofa_lt_{secrets.token_hex(4)}")
+    prefix: str = field(default_factory=lambda: f"lt{secrets.token_hex(4)}")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _admin_url(self) -> str:
+        return (
+            os.environ.get("SANKOFA_DATABASE_URL")
+            or "postgresql://postgres@127.0.0.1:5432/postgres"
+        )
+
+    def _db_url(self) -> str:
+        base, _, query = self._admin_url().partition("?")
+        head = base.rsplit("/", 1)[0]
+        return f"{head}/{self.database}" + (f"?{query}" if query else "")
+
+    def _admin(self, sql: str) -> None:
+        import asyncio
+
+        import asyncpg
+
+        async def go() -> None:
+            conn = await asyncpg.connect(self._admin_url())
+            try:
+                await conn.execute(sql)
+            finally:
+                await conn.close()
+
+        asyncio.run(go())
+
+    def start(self) -> None:
+        self._admin(f'CREATE DATABASE "{self.database}"')
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SANKOFA_")}
+        env.update(
+            {
+                "SANKOFA_DATABASE_URL": self._db_url(),
+                "SANKOFA_REDIS_URL": os.environ.get(
+                    "SANKOFA_REDIS_URL", "redis://127.0.0.1:6379/0"
+                ),
+                "SANKOFA_REDIS_PREFIX": self.prefix,
+                "SANKOFA_BENCHMARK_ENDPOINTS": "true",
+                "SANKOFA_LOG_LEVEL": "warning",
+                "SANKOFA_WORKERS": str(self.workers),
+                **self.extra_env,
+            }
+        )
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "sankofa.cli", "serve", "--port", str(self.port)],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        import httpx
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"service exited; see {self.log_path}")
+            try:
+                if httpx.get(f"{self.url}/health/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"service not ready; see {self.log_path}")
+
+    def pids(self) -> list[int]:
+        """The processes serving requests (the workers, or the one process)."""
+        if self.proc is None:
+            return []
+        import psutil
+
+        children = psutil.Process(self.proc.pid).children(recursive=True)
+        workers = [c.pid for c in children if "python" in c.name()]
+        return workers or [self.proc.pid]
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        try:
+            self._admin(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+        finally:
+            _delete_prefix(self.prefix)
+
+
+def _delete_prefix(prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(os.environ.get("SANKOFA_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=5000))
+        for i in range(0, len(keys), 1000):
+            client.delete(*keys[i : i + 1000])
+    finally:
+        client.close()
+
+
+# -- measuring ------------------------------------------------------------------------
+
+
+@dataclass
+class Context:
+    args: argparse.Namespace
+    out: Path
+    row: int = 0  # next data row, so runs never resend the same transactions
+
+    def service(self) -> Service:
+        extra: dict[str, str] = {}
+        for item in self.args.set:
+            name, sep, value = item.partition("=")
+            if not sep:
+                raise SystemExit(f"--set {item!r}: expected NAME=VALUE")
+            extra[f"SANKOFA_{name.upper().removeprefix('SANKOFA_')}"] = value
+        return Service(self.args.workers, self.out / "service.log", extra_env=extra)
+
+    def measure(
+        self,
+        service: Service,
+        *,
+        path: str,
+        rate: float,
+        label: str,
+        mix: str = DEFAULT_MIX,
+        batch: int = 1,
+        duration_s: float | None = None,
+    ) -> dict[str, Any]:
+        from sankofa.load.payloads import default_input
+        from sankofa.load.plan import parse_priority_mix
+        from sankofa.load.report import summarise
+        from sankofa.load.runner import RunSpec, run
+        from sankofa.load.sampler import GroupSpec, psutil_available
+
+        duration = self.args.duration if duration_s is None else duration_s
+        groups = tuple(GroupSpec(label=f"worker {p}", pid=p) for p in service.pids())
+        groups += (
+            GroupSpec(label="postgres", name="postgres"),
+            GroupSpec(label="redis", name="redis-server"),
+        )
+        spec = RunSpec(
+            url=service.url,
+            path=path,
+            rate=rate,
+            duration_s=duration,
+            warmup_s=self.args.warmup,
+            mix=parse_priority_mix(mix),
+            run_id=f"lt{secrets.token_hex(4)}",
+            label=label,
+            batch=batch,
+            input_path=self.args.input or default_input(),
+            start_row=self.row,
+            sample=groups if psutil_available() else (),
+            sample_generator=psutil_available(),
+        )
+        data = run(spec, progress=None)
+        self.row += math.ceil(rate * (duration + self.args.warmup)) * batch
+        report = summarise(data)
+        o = report["overall"]
+        lat = o["latency_ms"]
+        print(
+            f"  {label}: offered {o['offered_rps']:,.0f}/s achieved {o['achieved_rps']:,.0f}/s"
+            f" ({o['achieved_tps']:,.0f} tx/s) success {o['success_rate'] * 100:.2f} %"
+            f" p50 {lat['p50']} p99 {lat['p99']} ms",
+            file=sys.stderr,
+        )
+        return report
+
+
+def sustained(
+    report: dict[str, Any], *, min_success: float = 0.999, p99_ms: float | None = None
+) -> bool:
+    o = report["overall"]
+    if o["achieved_rps"] < 0.97 * o["offered_rps"] or o["success_rate"] < min_success:
+        return False
+    p99 = o["latency_ms"]["p99"]
+    bound = 1000.0 if p99_ms is None else p99_ms  # beyond a second the queue is growing
+    return p99 is not None and p99 <= bound
+
+
+def search(
+    measure_at: Callable[[float], dict[str, Any]],
+    ok: Callable[[dict[str, Any]], bool],
+    start: float,
+    *,
+    grow: float = 1.5,
+    bisect_steps: int = 4,
+    max_steps: int = 14,
+) -> tuple[float, dict[str, Any] | None, list[tuple[float, dict[str, Any]]]]:
+    """Highest sustained rate: grow by half until a failure, then bisect."""
+    trials: list[tuple[float, dict[str, Any]]] = []
+    best, best_report, low, high = 0.0, None, 0.0, None
+    rate = start
+    while high is None and len(trials) < max_steps:
+        report = measure_at(rate)
+        trials.append((rate, report))
+        if ok(report):
+            best, best_report, low = rate, report, rate
+            rate *= grow
+        else:
+            high = rate
+    for _ in range(bisect_steps):
+        if high is None or high - low < 0.03 * high:
+            break
+        rate = (low + high) / 2 if low > 0 else high / 2
+        report = measure_at(rate)
+        trials.append((rate, report))
+        if ok(report):
+            best, best_report, low = rate, report, rate
+        else:
+            high = rate
+    return best, best_report, trials
+
+
+def _summary(report: dict[str, Any] | None) -> dict[str, Any] | None:
+    if report is None:
+        return None
+    o = report["overall"]
+    return {
+        "offered_rps": o["offered_rps"],
+        "achieved_rps": o["achieved_rps"],
+        "achieved_tps": o["achieved_tps"],
+        "success_rate": o["success_rate"],
+        "latency_ms": o["latency_ms"],
+        "errors_by_status": o["errors_by_status"],
+        "by_priority": {p: v.get("latency_ms") for p, v in report["by_priority"].items()},
+        "resources": {
+            name: {"cpu_pct_mean": g["cpu_pct"]["mean"], "rss_mb_max": g["rss_mb"]["max"]}
+            for name, g in report.get("resources", {}).items()
+            if isinstance(g, dict) and g.get("cpu_pct")
+        },
+    }
+
+
+def _curve(trials: list[tuple[float, dict[str, Any]]]) -> list[dict[str, Any]]:
+    return [{"rate": r, **(_summary(rep) or {})} for r, rep in sorted(trials, key=lambda t: t[0])]
+
+
+# -- scenarios ----------------------------------------------------------------------------
+
+
+def scenario_baselines(ctx: Context) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    starts = {"/bench/bare": 2000.0, "/v1/transactions": 1000.0, "/bench/naive": 300.0}
+    for path, start in starts.items():
+        service = ctx.service()
+        service.start()
+        try:
+            print(f"baselines: {path}", file=sys.stderr)
+            best, report, trials = search(
+                _measure_path(ctx, service, path, path.strip("/").replace("/", "-")),
+                sustained,
+                start,
+            )
+        finally:
+            service.stop()
+        out[path] = {"max_sustained_rps": best, "at_max": _summary(report), "curve": _curve(trials)}
+    full = out["/v1/transactions"]["max_sustained_rps"]
+    out["ratios"] = {
+        "full_over_bare": full / out["/bench/bare"]["max_sustained_rps"]
+        if out["/bench/bare"]["max_sustained_rps"]
+        else None,
+        "full_over_naive": full / out["/bench/naive"]["max_sustained_rps"]
+        if out["/bench/naive"]["max_sustained_rps"]
+        else None,
+    }
+    return out
+
+
+def scenario_saturation(ctx: Context) -> dict[str, Any]:
+    service = ctx.service()
+    service.start()
+    try:
+        print("saturation: /v1/transactions, p99 < 50 ms", file=sys.stderr)
+        best, report, trials = search(
+            lambda r: ctx.measure(service, path="/v1/transactions", rate=r, label=f"sat-{r:.0f}"),
+            lambda rep: sustained(rep, p99_ms=50.0),
+            1000.0,
+        )
+        half = (
+            ctx.measure(
+                service,
+                path="/v1/transactions",
+                rate=best / 2,
+                label="half-saturation",
+                duration_s=max(ctx.args.duration, 20.0),
+            )
+            if best
+            else None
+        )
+    finally:
+        service.stop()
+    return {
+        "max_rps_p99_under_50ms": best,
+        "at_max": _summary(report),
+        "half_rate": _summary(half),
+        "curve": _curve(trials),
+    }
+
+
+def scenario_isolation(ctx: Context, capacity: float | None = None) -> dict[str, Any]:
+    if capacity is None:
+        capacity = ctx.args.capacity or scenario_saturation(ctx)["max_rps_p99_under_50ms"]
+    assert capacity
+    service = ctx.service()
+    service.start()
+    try:
+        critical_rate = 0.05 * 2 * capacity
+        print(
+            f"isolation: capacity {capacity:.0f} req/s; critical alone at {critical_rate:.0f}",
+            file=sys.stderr,
+        )
+        idle = ctx.measure(
+            service,
+            path="/v1/transactions",
+            rate=critical_rate,
+            label="critical-alone",
+            mix="critical=1",
+        )
+        total = 2 * capacity + critical_rate
+        mix = f"critical={critical_rate / total:.4f},normal={capacity / total:.4f},low={capacity / total:.4f}"
+        loaded = ctx.measure(
+            service, path="/v1/transactions", rate=total, label="overloaded", mix=mix
+        )
+    finally:
+        service.stop()
+    by = loaded["by_priority"]
+    crit_idle = idle["by_priority"]["critical"]["latency_ms"]["p99"]
+    crit_loaded = by["critical"]["latency_ms"]["p99"]
+    return {
+        "capacity_rps": capacity,
+        "critical_alone": _summary(idle),
+        "overloaded": _summary(loaded),
+        "critical_p99_ratio": (crit_loaded / crit_idle) if crit_idle else None,
+        "critical_errors": by["critical"]["errors"],
+        "errors_by_class": {
+            p: {"errors": v["errors"], "by_status": v.get("errors_by_status")}
+            for p, v in by.items()
+        },
+        "retry_after": loaded.get("retry_after"),
+    }
+
+
+def scenario_batch(ctx: Context) -> dict[str, Any]:
+    service = ctx.service()
+    service.start()
+    try:
+        print("batch: 1000 transactions per request", file=sys.stderr)
+        best, report, trials = search(
+            lambda r: ctx.measure(
+                service, path="/v1/transactions/batch", rate=r, batch=1000, label=f"batch-{r:.1f}"
+            ),
+            sustained,
+            5.0,
+        )
+    finally:
+        service.stop()
+    return {
+        "max_requests_per_s": best,
+        "max_tx_per_s": best * 1000,
+        "at_max": _summary(report),
+        "curve": _curve(trials),
+    }
+
+
+def _measure_path(
+    ctx: Context, service: Service, path: str, prefix: str
+) -> Callable[[float], dict[str, Any]]:
+    def at(rate: float) -> dict[str, Any]:
+        return ctx.measure(service, path=path, rate=rate, label=f"{prefix}-{rate:.0f}")
+
+    return at
+
+
+def _bounded(success: float, bound_ms: float) -> Callable[[dict[str, Any]], bool]:
+    def ok(report: dict[str, Any]) -> bool:
+        return sustained(report, min_success=success, p99_ms=bound_ms)
+
+    return ok
+
+
+def scenario_seed_table(ctx: Context) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    service = ctx.service()
+    service.start()
+    try:
+        for name, per_day, success, bound in SEED_TABLE:
+            print(
+                f"seed-table: {name} ({per_day:,}/day, {success * 100:g} %, < {bound:g} ms)",
+                file=sys.stderr,
+            )
+            base = per_day / 86_400
+            best, report, trials = search(
+                _measure_path(ctx, service, "/v1/transactions", name),
+                _bounded(success, bound),
+                base * 10,
+            )
+            out[name] = {
+                "seed_per_day": per_day,
+                "seed_rps": base,
+                "success_required": success,
+                "p99_bound_ms": bound,
+                "max_rps": best,
+                "compression_factor": best / base,
+                "at_max": _summary(report),
+                "curve": _curve(trials),
+            }
+    finally:
+        service.stop()
+    return out
+
+
+def scenario_memory(ctx: Context) -> dict[str, Any]:
+    n = ctx.args.memory_transactions
+    service = ctx.service()
+    service.start()
+    try:
+        import psutil
+
+        rate = 20.0  # 20 requests of 1000 a second: 20,000 transactions a second
+        duration = n / (rate * 1000)
+        print(f"memory: {n:,} transactions through the batch endpoint", file=sys.stderr)
+        before = {p: psutil.Process(p).memory_info().rss / 2**20 for p in service.pids()}
+        report = ctx.measure(
+            service,
+            path="/v1/transactions/batch",
+            rate=rate,
+            batch=1000,
+            label="memory",
+            duration_s=duration,
+        )
+        after = {p: psutil.Process(p).memory_info().rss / 2**20 for p in service.pids()}
+    finally:
+        service.stop()
+    return {
+        "transactions": report["overall"]["ok"] * 1000,
+        "rss_mb_before": before,
+        "rss_mb_after": after,
+        "run": _summary(report),
+    }
+
+
+def run_scenario(args: argparse.Namespace) -> int:
+    args.out.mkdir(parents=True, exist_ok=True)
+    ctx = Context(args, args.out)
+    names = SCENARIOS if args.name == "all" else (args.name,)
+    results: dict[str, Any] = {}
+    for name in names:
+        started = time.time()
+        if name == "baselines":
+            result = scenario_baselines(ctx)
+        elif name == "saturation":
+            result = scenario_saturation(ctx)
+        elif name == "isolation":
+            capacity = results.get("saturation", {}).get("max_rps_p99_under_50ms")
+            result = scenario_isolation(ctx, capacity)
+        elif name == "batch":
+            result = scenario_batch(ctx)
+        elif name == "seed-table":
+            result = scenario_seed_table(ctx)
+        else:
+            result = scenario_memory(ctx)
+        result["seconds"] = round(time.time() - started, 1)
+        result["workers"] = args.workers
+        result["command"] = (
+            f"sankofa loadtest scenario {name} --workers {args.workers} --duration {args.duration:g}"
+        )
+        results[name] = result
+        path = args.out / f"scenario-{name}.json"
+        path.write_text(json.dumps(result, indent=2, default=_json_default))
+        print(f"wrote {path}", file=sys.stderr)
+        _plot(name, result, args.out)
+    return 0
+
+
+def _json_default(value: Any) -> Any:
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(type(value).__name__)
+
+
+def _plot(name: str, result: dict[str, Any], out: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    curves: dict[str, list[dict[str, Any]]] = {}
+    if name == "baselines":
+        curves = {
+            p: result[p]["curve"] for p in ("/bench/bare", "/v1/transactions", "/bench/naive")
+        }
+    elif name in ("saturation", "batch"):
+        curves = {name: result["curve"]}
+    elif name == "seed-table":
+        curves = {row: result[row]["curve"] for row in ("normal", "peak", "stress")}
+    if not curves:
+        return
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for label, curve in curves.items():
+        pts = [c for c in curve if c.get("latency_ms") and c["latency_ms"].get("p99") is not None]
+        if not pts:
+            continue
+        x = [c["rate"] for c in pts]
+        ax1.plot(x, [c["achieved_rps"] for c in pts], marker="o", label=label)
+        ax2.plot(x, [c["latency_ms"]["p99"] for c in pts], marker="o", label=f"{label} p99")
+        ax2.plot(
+            x,
+            [c["latency_ms"]["p50"] for c in pts],
+            marker=".",
+            linestyle="--",
+            label=f"{label} p50",
+        )
+    ax1.set_xlabel("offered requests/s")
+    ax1.set_ylabel("answered requests/s")
+    ax1.set_title(f"{name}: throughput")
+    ax1.legend(fontsize=7)
+    ax2.set_xlabel("offered requests/s")
+    ax2.set_ylabel("latency ms (log)")
+    ax2.set_yscale("log")
+    ax2.set_title(f"{name}: latency")
+    ax2.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out / f"scenario-{name}.png", dpi=110)
+    plt.close(fig)
