@@ -74,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", help="bind address (default SANKOFA_HOST or 127.0.0.1)")
     s.add_argument("--port", type=int, help="port (default SANKOFA_PORT or 8000)")
     s.add_argument("--workers", type=_positive_int, help="worker processes (default 1)")
+    s.add_argument(
+        "--critical-port",
+        type=int,
+        help="also serve this port with a worker of its own, for critical traffic",
+    )
 
     sub.add_parser(
         "migrate",
@@ -225,7 +230,12 @@ def _serve(args: argparse.Namespace) -> int:
     settings = Settings(
         **{
             k: v
-            for k, v in {"host": args.host, "port": args.port, "workers": args.workers}.items()
+            for k, v in {
+                "host": args.host,
+                "port": args.port,
+                "workers": args.workers,
+                "critical_port": args.critical_port,
+            }.items()
             if v is not None
         }
     )
@@ -244,17 +254,26 @@ def _serve(args: argparse.Namespace) -> int:
                 os.environ["SANKOFA_DATABASE_URL"] = urls.database_url
             if urls.redis_url:
                 os.environ["SANKOFA_REDIS_URL"] = urls.redis_url
-            if settings.workers > 1:
+            if settings.workers > 1 or settings.critical_port is not None:
                 # Each worker keeps its metrics in files here; /metrics sums them.
                 metrics_dir = tempfile.mkdtemp(prefix="sankofa-metrics-")
                 os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
                 stack.callback(shutil.rmtree, metrics_dir, ignore_errors=True)
             grace = int(settings.drain_grace_s) + 5
-            if settings.workers > 1:
+            if settings.workers > 1 or settings.critical_port is not None:
                 from sankofa.supervisor import Supervisor, WorkerConfig
 
-                config = WorkerConfig(settings.host, settings.port, settings.log_level, grace)
-                return Supervisor(config, settings.workers).run()
+                lane = None
+                niceness = 0
+                if settings.critical_port is not None:
+                    lane = WorkerConfig(
+                        settings.host, settings.critical_port, settings.log_level, grace
+                    )
+                    niceness = settings.bulk_niceness
+                config = WorkerConfig(
+                    settings.host, settings.port, settings.log_level, grace, niceness
+                )
+                return Supervisor(config, settings.workers, lane).run()
             # uvicorn shuts down gracefully on SIGTERM / SIGINT, then raises the
             # signal again with the handlers it found at start. Exiting through
             # SystemExit here lets the embedded servers stop cleanly.

@@ -33,6 +33,12 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
+    #: A separate port served by a worker of its own, for critical traffic (an
+    #: authorisation system's connection pool): a flood of bulk traffic on the
+    #: main port cannot delay it, since the bulk workers also run at a lower OS
+    #: priority (bulk_niceness). None: no lane.
+    critical_port: int | None = Field(default=None, ge=1, le=65535)
+    bulk_niceness: int = Field(default=5, ge=0, le=19)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
     hmac_key: SecretStr = SecretStr(DEV_HMAC_KEY)
@@ -63,6 +69,18 @@ class Settings(BaseSettings):
     deadline_ms_normal: float = Field(default=1000.0, gt=0)
     deadline_ms_low: float = Field(default=5000.0, gt=0)
     ageing_ms: float = Field(default=200.0, gt=0)
+    #: Refuse new requests of a class at the door while the event loop runs this
+    #: late (queues/shedding.py); 0 turns shedding off for that class. Critical
+    #: is never refused there.
+    shed_lag_ms_high: float = Field(default=40.0, ge=0)
+    shed_lag_ms_normal: float = Field(default=20.0, ge=0)
+    shed_lag_ms_low: float = Field(default=10.0, ge=0)
+    #: ... or while this many scoring requests are in progress in the worker
+    #: (0: no limit). Latency of an admitted request is about in-progress /
+    #: throughput, so these cap each class's latency under overload.
+    shed_in_progress_high: int = Field(default=96, ge=0)
+    shed_in_progress_normal: int = Field(default=48, ge=0)
+    shed_in_progress_low: int = Field(default=24, ge=0)
     drain_grace_s: float = Field(default=10.0, ge=0)
 
     # Pools and timeouts.

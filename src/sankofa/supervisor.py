@@ -34,6 +34,9 @@ class WorkerConfig:
     port: int
     log_level: str
     graceful_shutdown_s: int
+    #: Added to the process's nice value: bulk workers yield the CPU to the
+    #: critical lane's worker whenever both have work.
+    niceness: int = 0
 
 
 def reuseport_socket(host: str, port: int) -> socket.socket:
@@ -50,6 +53,8 @@ def reuseport_socket(host: str, port: int) -> socket.socket:
 def _worker(config: WorkerConfig) -> None:
     import uvicorn
 
+    if config.niceness:
+        os.nice(config.niceness)
     sock = reuseport_socket(config.host, config.port)
     server = uvicorn.Server(
         uvicorn.Config(
@@ -64,30 +69,40 @@ def _worker(config: WorkerConfig) -> None:
 
 
 class Supervisor:
-    def __init__(self, config: WorkerConfig, workers: int) -> None:
+    """``workers`` processes on ``config.port``, plus, when ``lane`` is given, one more
+    on the lane's port for critical traffic (see ``sankofa serve --critical-port``)."""
+
+    def __init__(
+        self, config: WorkerConfig, workers: int, lane: WorkerConfig | None = None
+    ) -> None:
         if workers < 1:
             raise ValueError("workers must be >= 1")
         self._config = config
+        self._lane = lane
         self._workers = workers
         self._context = multiprocessing.get_context("spawn")
         self._processes: list[tuple[BaseProcess, float]] = []
         self._stopping = False
         self._failed = False
 
-    def _start_one(self) -> tuple[BaseProcess, float]:
-        process = self._context.Process(target=_worker, args=(self._config,), daemon=False)
+    def _configs(self) -> list[WorkerConfig]:
+        return [self._config] * self._workers + ([self._lane] if self._lane is not None else [])
+
+    def _start_one(self, config: WorkerConfig) -> tuple[BaseProcess, float]:
+        process = self._context.Process(target=_worker, args=(config,), daemon=False)
         process.start()
         return process, time.monotonic()
 
     def run(self) -> int:
         # Fail early and plainly if the port is taken by something else.
-        probe = reuseport_socket(self._config.host, self._config.port)
-        probe.close()
+        for config in {(c.host, c.port) for c in self._configs()}:
+            reuseport_socket(*config).close()
         previous = {
             sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
         }
         try:
-            self._processes = [self._start_one() for _ in range(self._workers)]
+            configs = self._configs()
+            self._processes = [self._start_one(c) for c in configs]
             log.info(
                 "started %d workers on %s:%d", self._workers, self._config.host, self._config.port
             )
@@ -109,7 +124,7 @@ class Supervisor:
                     log.warning(
                         "worker %s died (code %s); restarting it", process.pid, process.exitcode
                     )
-                    self._processes[i] = self._start_one()
+                    self._processes[i] = self._start_one(configs[i])
             code = self._stop_all()
             return 1 if self._failed else code
         finally:

@@ -37,6 +37,7 @@ from sankofa.engine.transaction import TransactionParser
 from sankofa.metrics import Metrics
 from sankofa.queues.dispatcher import ClassPolicy, Dispatcher
 from sankofa.queues.priority import Priority
+from sankofa.queues.shedding import LoadShedder
 from sankofa.settings import Settings
 from sankofa.store.db import create_pool, migrate
 
@@ -54,6 +55,30 @@ def class_policies(settings: Settings) -> dict[Priority, ClassPolicy]:
         Priority.HIGH: ClassPolicy(s.queue_bound_high, s.deadline_ms_high / 1000),
         Priority.NORMAL: ClassPolicy(s.queue_bound_normal, s.deadline_ms_normal / 1000),
         Priority.LOW: ClassPolicy(s.queue_bound_low, s.deadline_ms_low / 1000),
+    }
+
+
+def shed_thresholds(settings: Settings) -> dict[Priority, float | None]:
+    def seconds(ms: float) -> float | None:
+        return ms / 1000 if ms > 0 else None
+
+    return {
+        Priority.CRITICAL: None,
+        Priority.HIGH: seconds(settings.shed_lag_ms_high),
+        Priority.NORMAL: seconds(settings.shed_lag_ms_normal),
+        Priority.LOW: seconds(settings.shed_lag_ms_low),
+    }
+
+
+def shed_limits(settings: Settings) -> dict[Priority, int | None]:
+    def limit(n: int) -> int | None:
+        return n if n > 0 else None
+
+    return {
+        Priority.CRITICAL: None,
+        Priority.HIGH: limit(settings.shed_in_progress_high),
+        Priority.NORMAL: limit(settings.shed_in_progress_normal),
+        Priority.LOW: limit(settings.shed_in_progress_low),
     }
 
 
@@ -124,6 +149,11 @@ async def open_services(
         body_deadlines = BodyDeadlines(timeout_s=settings.body_timeout_s)
         await body_deadlines.start()
         stack.push_async_callback(body_deadlines.stop)
+        shedder = LoadShedder(
+            thresholds_s=shed_thresholds(settings), in_progress_limits=shed_limits(settings)
+        )
+        await shedder.start()
+        stack.push_async_callback(shedder.stop)
         yield Services(
             settings=settings,
             pool=pool,
@@ -138,6 +168,7 @@ async def open_services(
             dispatcher=dispatcher,
             metrics=metrics,
             body_deadlines=body_deadlines,
+            shedder=shedder,
         )
 
 
@@ -189,10 +220,10 @@ _NO_FRAMEWORK_TELEMETRY: dict[str, Any] = (
 )
 
 
-def _metrics_of(scope: Any) -> Metrics | None:
+def _services_of(scope: Any) -> Services | None:
     state = scope.get("state")
-    services = state.get("services") if state else None
-    return services.metrics if services is not None else None
+    services: Services | None = state.get("services") if state else None
+    return services
 
 
 def create_app(
@@ -233,7 +264,7 @@ def create_app(
     if settings.benchmark_endpoints:
         app.include_router(bench_routes.router)
     problems.install(app)
-    app.add_middleware(EdgeMiddleware, metrics_of=_metrics_of)
+    app.add_middleware(EdgeMiddleware, services_of=_services_of)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

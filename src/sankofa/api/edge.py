@@ -5,6 +5,9 @@ another closure and costs every request a few microseconds.
 * X-Request-Id: echoed when well formed (no CR/LF or control characters can reach
   a response header), otherwise generated.
 * Header sections over ``MAX_HEADER_BYTES`` get 431.
+* Scoring requests of a class the load shedder refuses (the event loop is
+  saturated, queues/shedding.py) get 503 with Retry-After here, before any
+  parsing.
 * An unhandled exception becomes a 500 problem here, inside Starlette's own error
   middleware, which would answer too but then re-raise, and the server would
   close the connection under the client's next request.
@@ -16,34 +19,58 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Final
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sankofa.api.headers import MAX_HEADER_BYTES, request_id
 from sankofa.api.problems import from_error, problem
-from sankofa.errors import HeadersTooLargeError
-from sankofa.metrics import PRIORITY_SCOPE_KEY, Metrics, route_of
+from sankofa.api.services import Services
+from sankofa.errors import HeadersTooLargeError, OverloadedError
+from sankofa.metrics import PRIORITY_SCOPE_KEY, route_of
+from sankofa.queues.priority import Priority, PriorityHeaderError, resolve_priority
 
 log = logging.getLogger(__name__)
 
 
+def _priority(x_priority: bytes | None, rfc: bytes | None) -> Priority | None:
+    """The request's class from its headers, or None if they are invalid (the
+    route answers those with 422)."""
+    try:
+        return resolve_priority(
+            None if x_priority is None else x_priority.decode("latin-1"),
+            None if rfc is None else rfc.decode("latin-1"),
+        )
+    except PriorityHeaderError:
+        return None
+
+
+#: Routes whose requests may be shed at the door.
+_SHEDDABLE: Final = frozenset({"/v1/transactions", "/v1/transactions/batch"})
+
+
 class EdgeMiddleware:
-    def __init__(self, app: ASGIApp, metrics_of: Callable[[Scope], Metrics | None]) -> None:
+    def __init__(self, app: ASGIApp, services_of: Callable[[Scope], Services | None]) -> None:
         self.app = app
-        self._metrics_of = metrics_of
+        self._services_of = services_of
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        given = None
+        given = x_priority = rfc_priority = None
         size = 0
         for name, value in scope["headers"]:
             size += len(name) + len(value)
             if name == b"x-request-id":
                 given = value
+            elif name == b"x-priority":
+                x_priority = value
+            elif name == b"priority":
+                rfc_priority = value
         rid = request_id(given)
+        services = self._services_of(scope)
         status = 500
         response_started = False
 
@@ -55,6 +82,7 @@ class EdgeMiddleware:
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", rid)]
             await send(message)
 
+        counted = False
         try:
             if size > MAX_HEADER_BYTES:
                 error = HeadersTooLargeError(
@@ -62,6 +90,20 @@ class EdgeMiddleware:
                 )
                 await from_error(error, scope.get("path"))(scope, receive, edge_send)
                 return
+            counted = False
+            if services is not None and scope["path"] in _SHEDDABLE and scope["method"] == "POST":
+                priority = _priority(x_priority, rfc_priority)
+                if priority is not None and services.shedder.refuses(priority):
+                    scope[PRIORITY_SCOPE_KEY] = priority.label
+                    services.metrics.shed_one(priority.label)
+                    shed = OverloadedError(
+                        f"the service is saturated; {priority.label} traffic is refused for now",
+                        retry_after_s=1.0,
+                    )
+                    await from_error(shed, scope.get("path"))(scope, receive, edge_send)
+                    return
+                services.shedder.in_progress += 1
+                counted = True
             try:
                 await self.app(scope, receive, edge_send)
             except Exception:
@@ -77,9 +119,10 @@ class EdgeMiddleware:
                 )
                 await response(scope, receive, edge_send)
         finally:
-            metrics = self._metrics_of(scope)
-            if metrics is not None:
-                metrics.observe_request(
+            if services is not None:
+                if counted:
+                    services.shedder.in_progress -= 1
+                services.metrics.observe_request(
                     route_of(scope["method"], scope["path"]),
                     status,
                     scope.get(PRIORITY_SCOPE_KEY, "none"),

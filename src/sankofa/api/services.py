@@ -13,6 +13,7 @@ from sankofa.engine.scorer import DecisionOut, ScoreRequest, ScoringEngine
 from sankofa.engine.transaction import TransactionParser
 from sankofa.metrics import Metrics
 from sankofa.queues.dispatcher import Dispatcher
+from sankofa.queues.shedding import LoadShedder
 from sankofa.settings import Settings
 
 
@@ -27,3 +28,4 @@ class Services:
     dispatcher: Dispatcher[ScoreRequest, list[DecisionOut]]
     metrics: Metrics
     body_deadlines: BodyDeadlines
+    shedder: LoadShedder
