@@ -12,7 +12,12 @@ from sankofa.queues.priority import Priority
 from sankofa.queues.shedding import LoadShedder
 from tests_support import tx
 
-THRESHOLDS = {Priority.CRITICAL: None, Priority.HIGH: 0.08, Priority.NORMAL: 0.04, Priority.LOW: 0.02}
+THRESHOLDS = {
+    Priority.CRITICAL: None,
+    Priority.HIGH: 0.08,
+    Priority.NORMAL: 0.04,
+    Priority.LOW: 0.02,
+}
 
 
 async def test_lower_classes_are_refused_first_and_critical_never() -> None:
@@ -43,7 +48,9 @@ def test_thresholds_checked() -> None:
         LoadShedder(thresholds_s={**THRESHOLDS, Priority.LOW: -1.0})
 
 
-async def test_shed_requests_get_503_with_retry_after_before_parsing(client: httpx.AsyncClient, services: object) -> None:
+async def test_shed_requests_get_503_with_retry_after_before_parsing(
+    client: httpx.AsyncClient, services: object
+) -> None:
     shedder = services.shedder  # type: ignore[attr-defined]
     await shedder.stop()  # hold the reading still for the test
     shedder.lag_s = 1.0  # as if the loop were a second late
@@ -51,7 +58,9 @@ async def test_shed_requests_get_503_with_retry_after_before_parsing(client: htt
     assert r.status_code == 503 and r.headers["retry-after"] == "1"
     assert r.json()["type"].endswith("overloaded")
     # Not parsed: even a malformed body is shed, not 400.
-    r = await client.post("/v1/transactions", content=b"{", headers={"content-type": "application/json"})
+    r = await client.post(
+        "/v1/transactions", content=b"{", headers={"content-type": "application/json"}
+    )
     assert r.status_code == 503
     # Critical goes through.
     r = await client.post("/v1/transactions", json=tx(2), headers={"x-priority": "critical"})
