@@ -17,6 +17,7 @@
     |   +-- OverloadedError           admission control refused the request
     |   +-- DrainingError             shutting down, intake stopped
     |   +-- StorageUnavailableError   PostgreSQL unreachable or too slow
+    |   |   +-- OutcomeUnknownError   the write was sent, its commit never confirmed
     |   +-- FeatureStoreUnavailableError  Redis unreachable or too slow
     +-- DeadlineExceededError         504: the deadline passed before scoring
 
@@ -158,6 +159,15 @@ class DrainingError(UnavailableError):
 class StorageUnavailableError(UnavailableError):
     type_slug = "storage-unavailable"
     title = "Storage unavailable"
+
+
+class OutcomeUnknownError(StorageUnavailableError):
+    """The write was sent but never confirmed (the connection broke, or the deadline
+    passed, mid-COPY): it may have committed. Not an acknowledgement; sending the same
+    request again is safe and answers the stored decision if there is one."""
+
+    type_slug = "outcome-unknown"
+    title = "Storage did not confirm the write"
 
 
 class FeatureStoreUnavailableError(UnavailableError):

@@ -143,6 +143,11 @@ class Metrics:
         self.db_transactions = Counter(
             "sankofa_db_transactions", "Database transactions (one per batch)", registry=r
         )
+        self.outcome_unknown = Counter(
+            "sankofa_outcome_unknown",
+            "Transactions answered 503 outcome-unknown: written, commit not confirmed",
+            registry=r,
+        )
         self.db_pool_size = Gauge(
             "sankofa_db_pool_connections",
             "Connections in the database pool",

@@ -19,9 +19,10 @@ refused transaction leaves no trace and its retry is counted exactly once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -34,6 +35,7 @@ from sankofa.engine.features_online import ADDED_CUSTOMER, ADDED_TERMINAL, Featu
 from sankofa.engine.transaction import Transaction
 from sankofa.errors import (
     ConflictError,
+    OutcomeUnknownError,
     SankofaError,
     StorageUnavailableError,
     UnstorableValueError,
@@ -52,6 +54,9 @@ DB_DOWN: tuple[type[BaseException], ...] = (
     asyncpg.TooManyConnectionsError,
     asyncpg.QueryCanceledError,
     asyncpg.AdminShutdownError,
+    # "cannot switch to state ...; another operation is in progress": a connection
+    # left mid-operation by a cancellation while the server went away.
+    asyncpg.InternalClientError,
     OSError,
     TimeoutError,
 )
@@ -74,6 +79,28 @@ class ScoringModel(Protocol):
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
         """(scores in [0,1], per-feature logit contributions, rows needing a fallback)."""
         ...
+
+
+def _stored_as_is(existing: dict[str, repo.StoredDecision], tx: Transaction) -> bool:
+    stored = existing.get(tx.transaction_id)
+    return stored is not None and stored.content_hash == tx.content_hash
+
+
+@contextlib.asynccontextmanager
+async def _discard_on_failure(conn: asyncpg.Connection) -> AsyncIterator[None]:
+    """Close a connection an operation failed on for a reason other than the data.
+
+    A batch cancelled by its deadline mid-COPY, or a server that went away, can
+    leave the connection between two protocol states; handed back to the pool it
+    fails the next batch with an internal error. Closing it costs one reconnect.
+    """
+    try:
+        yield
+    except (asyncpg.UniqueViolationError, _Unstorable, SankofaError):
+        raise
+    except BaseException:
+        conn.terminate()
+        raise
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +199,7 @@ class ScoringEngine:
         new_job = [j for j, _ in plan]
         flags: npt.NDArray[np.int64] | None = None
         counting = False
+        storing = False
         existing: dict[str, repo.StoredDecision] = {}
         keep: list[bool] = []
         # The batch must finish by its most urgent request's deadline (and within
@@ -187,7 +215,7 @@ class ScoringEngine:
                 online = await self._features.compute(new_txs)
                 flags = online.flags
                 records, outs = self._decide(jobs, new_txs, new_job, online.matrix, started)
-                async with self._pool.acquire() as conn:
+                async with self._pool.acquire() as conn, _discard_on_failure(conn):
                     # An id the feature store already held is most likely a replay:
                     # only those need a look in the database before the write.
                     held = [
@@ -198,6 +226,9 @@ class ScoringEngine:
                     if held:
                         existing = await repo.find_existing(conn, held)
                     keep = self._keep(jobs, new_txs, new_job, existing, results)
+                    # From here a failure leaves the outcome in doubt: the COPY may
+                    # have committed though its reply never came.
+                    storing = True
                     try:
                         await self._store(
                             conn, [r for r, k in zip(records, keep, strict=True) if k]
@@ -224,6 +255,16 @@ class ScoringEngine:
                 raise
             if isinstance(exc, SankofaError):
                 return [exc] * len(jobs)
+            if storing and isinstance(exc, DB_DOWN):
+                if self._metrics is not None:
+                    self._metrics.outcome_unknown.inc(sum(keep))
+                unknown = OutcomeUnknownError(
+                    f"the database did not confirm the write ({type(exc).__name__}); it may"
+                    " have been stored: send the same request again, a stored transaction"
+                    " is answered with its decision",
+                    retry_after_s=1.0,
+                )
+                return [unknown] * len(jobs)
             if isinstance(exc, TimeoutError):
                 err = StorageUnavailableError(
                     "the batch did not finish by its deadline (the database or Redis is slow)",
@@ -238,11 +279,14 @@ class ScoringEngine:
             raise
         assert flags is not None or not new_txs
         if flags is not None:
-            # Counted in Redis but not stored (replays Redis had forgotten, refused requests).
+            # Counted in Redis but not stored now: refused requests, and replays
+            # of other content. A replay of a stored transaction Redis had lost (an
+            # earlier write whose outcome was in doubt, a Redis restart) stays
+            # counted: the history matches the database again.
             untaken = [
                 (tx, f)
                 for tx, f, k in zip(new_txs, flags.tolist(), keep, strict=True)
-                if f and not k
+                if f and not k and not _stored_as_is(existing, tx)
             ]
             if untaken:
                 await self._forget([tx for tx, _ in untaken], [f for _, f in untaken])
