@@ -4,13 +4,15 @@
 #   make test   the whole suite against real PostgreSQL and Redis
 #   make bench  benchmark kernels (pytest-benchmark)
 #   make lint   ruff + mypy
+#   make cluster  nginx, 4 instances, PostgreSQL primary + replica and Redis as native
+#               processes on loopback (deploy/local/sankofa_cluster.py), until Ctrl-C
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench lint venv clean
+.PHONY: run test bench lint venv clean cluster
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required, found " + sys.version.split()[0])'
@@ -29,6 +31,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest benchmarks --benchmark-only --benchmark-columns=min,median,mean,max,rounds -p no:randomly
+
+cluster: $(STAMP)
+	$(BIN)/python deploy/local/sankofa_cluster.py up $(CLUSTER_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

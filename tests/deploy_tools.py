@@ -32,6 +32,23 @@ PENDING_SETTINGS = frozenset({"SANKOFA_DATABASE_REPLICA_URL", "SANKOFA_REDIS_CLU
 _EXTRA_DIRS = ("/usr/sbin", "/usr/bin", "/usr/local/bin", "/usr/local/sbin")
 
 
+def load_local_cluster() -> Any:
+    """deploy/local/sankofa_cluster.py as a module (it is a script, not a package)."""
+    import importlib.util
+    import sys
+
+    name = "sankofa_cluster"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, DEPLOY / "local" / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    # Registered before it runs: its dataclasses look their module up by name.
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def find_tool(*names: str) -> str | None:
     for name in names:
         found = shutil.which(name)
