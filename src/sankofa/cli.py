@@ -7,6 +7,7 @@
     sankofa train     --input FILE [--out FILE ...]
     sankofa evaluate  --protocol split|prequential --input FILE [--report FILE]
     sankofa features compare --raw FILE --published FILE
+    sankofa features rebuild
     sankofa loadtest  run|ceiling ...
 
 Operators script these names and options; they stay stable. Settings come
@@ -150,6 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--published", required=True, type=Path, help="handbook-features.csv.gz")
     c.add_argument("--id-prefix", default="", help="the replay's --id-prefix")
     c.add_argument("--report", type=Path, help="write the comparison as JSON here")
+    r = fsub.add_parser(
+        "rebuild",
+        help="rebuild the online features in Redis from PostgreSQL",
+        description="Put back in Redis every customer and terminal history a window can still"
+        " reach, from the transactions and labels in PostgreSQL (SANKOFA_DATABASE_URL,"
+        " SANKOFA_REDIS_URL, SANKOFA_REDIS_PREFIX), after Redis lost them. Safe beside live"
+        " traffic and safe to run twice: nothing is counted twice.",
+    )
+    r.add_argument("--batch", type=_positive_int, default=1000, help="transactions per Redis call")
 
     s = sub.add_parser(
         "train",
@@ -205,6 +215,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sankofa.load.cli import run_loadtest
 
         return run_loadtest(args)
+    if args.command == "features" and args.features_command == "rebuild":
+        from sankofa.engine.rebuild import run_rebuild
+
+        return run_rebuild(args)
     if args.command == "features":
         from sankofa.sim.compare import run_compare
 
