@@ -53,17 +53,25 @@ def priority_of(headers: dict[str, str]) -> Priority:
         raise InvalidFieldError([FieldIssue("header X-Priority", str(exc))]) from None
 
 
+#: The shortest budget a request may ask for. Below it a request could not be
+#: scored and committed even on an idle machine (a commit alone takes about a
+#: millisecond here), so it would only ever come back 504: it is refused as
+#: bad input instead, before it costs anything.
+MIN_TIMEOUT_MS: Final = 50
+
+
 def timeout_of(headers: dict[str, str]) -> float | None:
     """``X-Request-Timeout-Ms`` in seconds (it may only shorten the class deadline)."""
     raw = headers.get("x-request-timeout-ms")
     if raw is None:
         return None
     raw = raw.strip()
-    if not _TIMEOUT_MS.fullmatch(raw) or int(raw) == 0:
+    if not _TIMEOUT_MS.fullmatch(raw) or int(raw) < MIN_TIMEOUT_MS:
         raise InvalidFieldError(
             [
                 FieldIssue(
-                    "header X-Request-Timeout-Ms", "must be a whole number of milliseconds > 0"
+                    "header X-Request-Timeout-Ms",
+                    f"must be a whole number of milliseconds, at least {MIN_TIMEOUT_MS}",
                 )
             ]
         )

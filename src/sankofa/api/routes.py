@@ -197,19 +197,68 @@ def _transaction_view(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@router.get("/metrics", summary="Prometheus metrics", tags=["health"])
+_TEXT_PLAIN: Final = {"text/plain": {"schema": {"type": "string"}}}
+_READY_SCHEMA: Final = {
+    "type": "object",
+    "required": ["status", "checks"],
+    "properties": {
+        "status": {"type": "string", "enum": ["ready", "not-ready"]},
+        "checks": {"type": "object", "additionalProperties": {"type": "boolean"}},
+    },
+}
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    tags=["health"],
+    response_class=Response,
+    responses={200: {"description": "Prometheus text exposition format", "content": _TEXT_PLAIN}},
+)
 async def metrics(request: Request) -> Response:
     body, content_type = _services(request).metrics.render()
     return Response(content=body, media_type=content_type)
 
 
-@router.get("/health/live", summary="The process is up", tags=["health"])
+@router.get(
+    "/health/live",
+    summary="The process is up",
+    tags=["health"],
+    response_class=Response,
+    responses={
+        200: {
+            "description": "Alive",
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["status"],
+                        "properties": {"status": {"const": "ok"}},
+                    }
+                }
+            },
+        }
+    },
+)
 @router.head("/health/live", include_in_schema=False)
 async def live() -> Response:
     return _json({"status": "ok"})
 
 
-@router.get("/health/ready", summary="Ready to score: database, Redis, dispatcher", tags=["health"])
+@router.get(
+    "/health/ready",
+    summary="Ready to score: database, Redis, dispatcher",
+    tags=["health"],
+    response_class=Response,
+    responses={
+        200: {"description": "Ready", "content": {"application/json": {"schema": _READY_SCHEMA}}},
+        503: {
+            "description": "Not ready (a check failed, or draining); Retry-After says when to ask again",
+            "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+            "content": {"application/json": {"schema": _READY_SCHEMA}},
+        },
+    },
+)
 @router.head("/health/ready", include_in_schema=False)
 async def ready(request: Request) -> Response:
     s = _services(request)

@@ -7,9 +7,18 @@ and client generators. A test checks both agree on the field names.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress
+
+from sankofa.engine import constants as C
+
+_RFC3339 = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?"
+    r"([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+)
+_AmountText = Annotated[str, Field(pattern=r"^[0-9]{1,16}(\.[0-9]{1,2})?$")]
+_AmountNumber = Annotated[float, Field(gt=0, le=10**12)]
 
 
 class TransactionIn(BaseModel):
@@ -19,22 +28,37 @@ class TransactionIn(BaseModel):
         pattern=r"^[A-Za-z0-9._:-]{1,64}$", description="The idempotency key.", examples=["tx-0001"]
     )
     timestamp: str = Field(
-        description="RFC 3339 with an offset; naive times are refused. Event time.",
+        pattern=_RFC3339,
+        description="RFC 3339 with an offset; naive times are refused, and so are times more"
+        " than an hour ahead of the server's clock. Event time.",
         examples=["2018-04-01T10:00:00-03:00"],
     )
-    amount: str | float = Field(
-        description="Decimal string or JSON number; > 0, at most 2 decimals, at most 10^12.",
+    amount: _AmountText | _AmountNumber = Field(
+        description="Decimal string (plain notation) or JSON number; > 0, at most 2 decimals,"
+        " at most 10^12.",
         examples=["48.70"],
     )
-    currency: str = Field(default="BRL", description="ISO 4217 code.")
-    customer_id: str = Field(description="The payer; stored pseudonymised (keyed HMAC).")
-    terminal_id: str = Field(description="Terminal, merchant or receiver (PIX key, account).")
+    currency: str = Field(
+        default="BRL", pattern=r"^[A-Z]{3}$", description="ISO 4217 code, in capitals."
+    )
+    customer_id: str = Field(
+        min_length=1,
+        max_length=C.MAX_IDENTIFIER_CHARS,
+        description="The payer; printable characters; stored pseudonymised (keyed HMAC).",
+    )
+    terminal_id: str = Field(
+        min_length=1,
+        max_length=C.MAX_IDENTIFIER_CHARS,
+        description="Terminal, merchant or receiver (PIX key, account); printable characters.",
+    )
     type: Literal["card", "pix", "ted", "boleto"] = "card"
     channel: str | None = Field(default=None, pattern=r"^[a-z0-9_]{1,32}$")
-    device_id: str | None = None
-    ip_address: str | None = None
+    device_id: str | None = Field(default=None, min_length=1, max_length=C.MAX_IDENTIFIER_CHARS)
+    ip_address: IPvAnyAddress | None = Field(default=None, description="IPv4 or IPv6.")
     metadata: dict[str, str | int | float | bool | None] | None = Field(
-        default=None, description="Small flat object (at most 32 keys, 2 KB)."
+        default=None,
+        max_length=C.MAX_METADATA_KEYS,
+        description="Small flat object (at most 32 keys, 2 KB).",
     )
 
 
@@ -70,7 +94,9 @@ class LabelIn(BaseModel):
 
     transaction_id: str
     fraud: bool
-    labelled_at: str | None = Field(default=None, description="RFC 3339; defaults to now.")
+    labelled_at: str | None = Field(
+        default=None, pattern=_RFC3339, description="RFC 3339 with an offset; defaults to now."
+    )
 
 
 class LabelsIn(BaseModel):
@@ -115,8 +141,8 @@ SCORING_HEADERS: list[dict[str, Any]] = [
         "in": "header",
         "required": False,
         "description": "Shortens (never lengthens) the class deadline: critical 250 ms, high 500 ms,"
-        " normal 1 s, low 5 s by default.",
-        "schema": {"type": "integer", "minimum": 1},
+        " normal 1 s, low 5 s by default. At least 50 ms: a shorter budget is a 422.",
+        "schema": {"type": "integer", "minimum": 50, "maximum": 999_999_999},
     },
     {
         "name": "X-Request-Id",
