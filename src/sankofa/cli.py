@@ -4,8 +4,10 @@
     sankofa migrate
     sankofa simulate  --out FILE [--customers --terminals --days --start]
     sankofa replay    --input FILE --url URL [...]
-    sankofa train     --input FILE [--out FILE ...]
-    sankofa evaluate  --protocol split|prequential --input FILE [--report FILE]
+    sankofa train     --input FILE [--model lightgbm|logreg] [--out FILE ...]
+    sankofa evaluate  --protocol split|prequential --input FILE [--model NAME] [--report FILE]
+    sankofa tune      --input FILE [--report FILE]
+    sankofa shadow report [--report FILE]
     sankofa features compare --raw FILE --published FILE
     sankofa features rebuild
     sankofa loadtest  run|ceiling ...
@@ -134,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--id-prefix", default="", help="prefix for transaction ids (to replay twice)")
     s.add_argument("--seed", type=int, default=0, help="seed of the priority draw")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument(
+        "--protocol",
+        choices=("split",),
+        help="also compute the handbook protocol's figures from the live scores of exactly"
+        " its test set (the replay must cover its training week to its last test day)",
+    )
 
     s = sub.add_parser(
         "features",
@@ -163,16 +171,46 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser(
         "train",
-        help="train the logistic regression and save a model artefact",
+        help="train a model and save its artefact",
         description="Train on a window of a transactions file with the project's own feature code"
-        " and save a versioned model artefact (JSON).",
+        " and save a versioned model artefact (JSON). lightgbm needs the 'train' extra.",
     )
     s.add_argument("--input", required=True, type=Path, help="raw transactions .csv.gz")
+    s.add_argument("--model", choices=("lightgbm", "logreg"), default="lightgbm")
     s.add_argument("--out", type=Path, default=Path("model.json"), help="artefact to write")
     s.add_argument("--train-start", type=_date, default=date(2018, 7, 25))
     s.add_argument("--train-days", type=_positive_int, default=7)
-    s.add_argument("--name", default="logreg-handbook")
+    s.add_argument("--name", help="model name (default gbdt-handbook / logreg-handbook)")
     s.add_argument("--version", dest="model_version", default="1")
+    s.add_argument(
+        "--booster-out",
+        type=Path,
+        help="lightgbm: also save LightGBM's own model text here (for equality tests)",
+    )
+
+    s = sub.add_parser(
+        "tune",
+        help="choose the tree model's hyperparameters on the validation folds",
+        description="Grid search of the LightGBM parameters on the handbook's prequential"
+        " validation folds (never the test folds). Needs the 'train' extra.",
+    )
+    s.add_argument("--input", required=True, type=Path, help="raw transactions .csv.gz")
+    s.add_argument("--report", type=Path, help="write every grid point's figures as JSON here")
+
+    s = sub.add_parser(
+        "shadow",
+        help="champion and challenger",
+        description="Compare the stored decisions of the champion with a shadow model's.",
+    )
+    shsub = s.add_subparsers(dest="shadow_command", required=True, metavar="ACTION")
+    c = shsub.add_parser(
+        "report",
+        help="how the shadow model would have decided (SANKOFA_DATABASE_URL)",
+        description="Agreement matrix of the champion's and the shadow model's decisions, the"
+        " decisions that would change, and AUC ROC / AP of both scores where labels exist.",
+    )
+    c.add_argument("--since", type=_date, help="only transactions from this day (event time)")
+    c.add_argument("--report", type=Path, help="write the report as JSON here")
 
     from sankofa.load.cli import add_loadtest_parser
 
@@ -181,12 +219,19 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser(
         "evaluate",
         help="evaluate on the handbook's protocol",
-        description="Train and evaluate the logistic regression on the handbook's protocol,"
-        " printing AUC ROC, Average Precision and Card Precision@100.",
+        description="Train and evaluate a model on the handbook's protocol, printing AUC ROC,"
+        " Average Precision, Card Precision@100 and the Brier score beside the published"
+        " figures.",
     )
     s.add_argument("--protocol", choices=("split", "prequential"), default="split")
     s.add_argument("--input", required=True, type=Path, help="raw transactions .csv.gz")
+    s.add_argument(
+        "--model",
+        default="lightgbm",
+        help="lightgbm (needs the 'train' extra), logreg, or a model artefact to evaluate as is",
+    )
     s.add_argument("--report", type=Path, help="write the figures as JSON here")
+    s.add_argument("--plots", type=Path, help="write precision-recall and calibration PNGs here")
     return p
 
 
@@ -232,6 +277,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sankofa.evaluation.train import main_evaluate
 
         return main_evaluate(args) or 0
+    if args.command == "tune":
+        from sankofa.evaluation.tune import main_tune
+
+        return main_tune(args)
+    if args.command == "shadow":
+        from sankofa.store.shadow import run_shadow_report
+
+        return run_shadow_report(args)
     raise AssertionError(args.command)
 
 

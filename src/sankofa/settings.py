@@ -94,7 +94,11 @@ class Settings(BaseSettings):
     feature_key_ttl_s: int = Field(default=45 * 86_400, ge=40 * 86_400)
 
     # Model and decision policy.
+    #: The champion's artefact (JSON, any supported format); unset: the shipped default.
     model_path: Path | None = None
+    #: A challenger scored in the same batches and stored beside the champion,
+    #: never changing the decision (``sankofa shadow report`` compares them).
+    shadow_model_path: Path | None = None
     review_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     decline_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
 

@@ -9,6 +9,7 @@ import asyncpg
 import httpx
 import pytest
 
+from sankofa.engine.feature_names import N_SERVED_FEATURES
 from tests_support import tx
 
 PROBLEM = "application/problem+json"
@@ -41,7 +42,7 @@ async def test_scores_one_transaction_and_stores_it(
     assert row["amount"] == Decimal("48.70")
     assert row["customer_ref"] != "cust-1"  # pseudonymised
     assert row["decision"] == d["decision"] and row["risk_score"] == d["risk_score"]
-    assert len(row["features"]) == 15 * 8
+    assert len(row["features"]) == N_SERVED_FEATURES * 8  # the served vector
     assert row["priority"] == "normal"
 
 

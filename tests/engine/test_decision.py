@@ -8,7 +8,8 @@ import pytest
 from sankofa.engine import constants as C
 from sankofa.engine.decision import DecisionPolicy, decide
 from sankofa.engine.feature_names import FEATURE_NAMES, N_FEATURES
-from sankofa.engine.model import load_default_model
+from sankofa.engine.model import load_packaged_logreg
+from sankofa.engine.serving import load_default_model
 
 POLICY = DecisionPolicy(review_threshold=0.3, decline_threshold=0.8, level_bounds=(0.1, 0.3, 0.8))
 
@@ -39,15 +40,20 @@ def test_every_decision_has_a_reason_and_codes_are_stable() -> None:
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_non_finite_features_give_a_finite_score_and_a_fallback_reason(bad: float) -> None:
+@pytest.mark.parametrize("which", ["logreg", "default"])
+def test_non_finite_features_give_a_finite_score_and_a_fallback_reason(
+    bad: float, which: str
+) -> None:
     """C9: a degenerate feature never becomes a NaN score or a null in a response."""
-    model = load_default_model()
-    x = np.tile(np.asarray(model.mean), (3, 1))
+    model = load_packaged_logreg() if which == "logreg" else load_default_model()
+    typical = load_default_model().fill  # type: ignore[attr-defined]
+    x = np.tile(np.asarray(typical), (3, 1))
     x[1, 4] = bad  # an average that came out non-finite
     scores, contributions, fallback = model.predict(x)
     assert np.all(np.isfinite(scores)) and np.all((0 <= scores) & (scores <= 1))
+    assert np.all(np.isfinite(contributions))
     assert fallback.tolist() == [False, True, False]
-    d = decide(POLICY, scores, contributions, FEATURE_NAMES, fallback)
+    d = decide(POLICY, scores, contributions, model.contribution_names, fallback)
     assert d.reasons[1][0] == C.REASON_FEATURE_FALLBACK
     assert C.REASON_FEATURE_FALLBACK not in d.reasons[0]
 

@@ -182,6 +182,15 @@ class Reference:
         for w in (1, 7, 30):
             tin = [x for x in th if delay <= t - x[0] < delay + w * day]
             row += [len(tin), sum(1 for x in tin if x[1] in self.fraud)]
+        # Known-label history: the frauds no older than the latest known legitimate record.
+        known = [(x[0], x[1] in self.fraud) for x in th if delay <= t - x[0] < delay + 30 * day]
+        legit = [time for time, fraud in known if not fraud]
+        run = [time for time, fraud in known if fraud and (not legit or time >= max(legit))]
+        row += [
+            len(run),
+            (t - min(run)) / day if run else 0.0,
+            (t - max(legit)) / day if legit else 37.0,
+        ]
         return row
 
 
@@ -200,6 +209,7 @@ async def test_windows_equal_the_stream_semantics(store: FeatureStore, seed: int
     clock = datetime(2018, 4, 1, tzinfo=UTC).timestamp()
     ref = Reference()
     sent: list[Transaction] = []
+    streaks = legit_known = 0
     for b in range(8):
         batch: list[Transaction] = []
         replayed: list[bool] = []
@@ -231,15 +241,27 @@ async def test_windows_equal_the_stream_semantics(store: FeatureStore, seed: int
                 vals += [row[3 + 2 * w], round(row[3 + 2 * w] * row[4 + 2 * w] * 100)]
             for w in range(3):
                 vals += [row[9 + 2 * w], round(row[9 + 2 * w] * row[10 + 2 * w])]
+            vals += row[15:18].tolist()
             got.append(vals)
         keep = [i for i, r in enumerate(replayed) if not r]
         assert [got[i] for i in keep] == [expected[i] for i in keep], f"batch {b}"
+        streaks += sum(1 for i in keep if expected[i][12] > 0)
+        legit_known += sum(1 for i in keep if expected[i][14] < 37.0)
         if b % 2 == 1:  # label some earlier transactions between batches
             chosen = rng.sample(sent, k=min(5, len(sent)))
             await store.apply_labels(
                 [(t.terminal_id, t.transaction_id, t.event_time_s, True) for t in chosen]
             )
             ref.fraud.update(t.transaction_id for t in chosen)
+            # ... and take one back (an analyst's correction), so legitimate
+            # and fraudulent records interleave in the terminals' histories.
+            undone = rng.choice(chosen)
+            await store.apply_labels(
+                [(undone.terminal_id, undone.transaction_id, undone.event_time_s, False)]
+            )
+            ref.fraud.discard(undone.transaction_id)
+    # The terminal history values were exercised, not only their defaults.
+    assert streaks > 0 and legit_known > 0
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -15,12 +15,13 @@ from sankofa.engine.feature_names import FEATURE_NAMES, N_FEATURES
 from sankofa.engine.features_offline import compute_features
 from sankofa.engine.model import (
     FORMAT,
+    LOGREG_MODEL_FILE,
     RISK_LEVELS,
     LogisticModel,
     ModelFormatError,
     Thresholds,
-    default_model_path,
-    load_default_model,
+    load_packaged_logreg,
+    packaged_model_path,
     sigmoid,
 )
 from sankofa.sim.data import load_raw
@@ -162,11 +163,11 @@ def test_model_arrays_are_read_only() -> None:
 # -- the shipped artefact --------------------------------------------------------------
 
 
-def test_default_model_is_package_data() -> None:
-    path = default_model_path()
+def test_packaged_logistic_regression_is_package_data() -> None:
+    path = packaged_model_path(LOGREG_MODEL_FILE)
     assert path.name == "logreg-handbook-v1.json"
     assert path.is_file()
-    model = load_default_model()
+    model = load_packaged_logreg()
     assert model.to_dict() == LogisticModel.load(path).to_dict()
     assert model.feature_names == FEATURE_NAMES
     meta = model.metadata
@@ -185,7 +186,7 @@ def test_default_model_is_package_data() -> None:
     assert len(meta["data"]["sha256"]) == 64
 
 
-def test_default_model_scores_the_slice() -> None:
+def test_packaged_logistic_regression_scores_the_slice() -> None:
     raw = load_raw(SLICE)
     t = raw.tx_datetime.astype(np.float64)
     X = compute_features(
@@ -196,7 +197,7 @@ def test_default_model_scores_the_slice() -> None:
         amount_cents=raw.amount_cents,
         fraud=raw.fraud,
     )
-    scores, _ = load_default_model().score(X)
+    scores, _ = load_packaged_logreg().score(X)
     assert np.all((scores >= 0) & (scores <= 1))
     # Frauds score higher than genuine transactions on average, by a wide margin.
     assert scores[raw.fraud].mean() > 5 * scores[~raw.fraud].mean()
@@ -204,8 +205,10 @@ def test_default_model_scores_the_slice() -> None:
 
 def test_serving_modules_import_numpy_only() -> None:
     code = (
-        "import sys, sankofa.engine.model, sankofa.engine.features_offline;"
-        "bad = [m for m in ('pandas', 'sklearn', 'scipy') if m in sys.modules];"
+        "import sys, sankofa.engine.serving, sankofa.engine.features_offline;"
+        "sankofa.engine.serving.load_default_model();"
+        "bad = [m for m in ('pandas', 'sklearn', 'scipy', 'lightgbm', 'matplotlib')"
+        " if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

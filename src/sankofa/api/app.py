@@ -1,7 +1,7 @@
 """The application factory and the lifespan that owns every resource.
 
 Start order: PostgreSQL pool (and migrations), Redis client, feature store,
-model, scoring engine, dispatcher. Shutdown runs in reverse: the dispatcher
+model (and the shadow model, when one is set), scoring engine, dispatcher. Shutdown runs in reverse: the dispatcher
 drains first (intake stops, queued work is served until the grace deadline,
 the rest is answered 503), then Redis and the pool close.
 """
@@ -30,9 +30,8 @@ from sankofa.api.routes import router
 from sankofa.api.services import Services
 from sankofa.engine.decision import DecisionPolicy
 from sankofa.engine.features_online import FeatureStore
-from sankofa.engine.model import LogisticModel
 from sankofa.engine.scorer import ScoringEngine
-from sankofa.engine.serving import load_model, policy_for
+from sankofa.engine.serving import ScoringModel, load_model, load_model_file, policy_for
 from sankofa.engine.transaction import TransactionParser
 from sankofa.metrics import Metrics
 from sankofa.queues.dispatcher import ClassPolicy, Dispatcher
@@ -98,7 +97,7 @@ def redis_client(settings: Settings) -> Redis:
 
 @asynccontextmanager
 async def open_services(
-    settings: Settings, *, model: LogisticModel | None = None
+    settings: Settings, *, model: ScoringModel | None = None
 ) -> AsyncIterator[Services]:
     """Open everything the service needs, in order; close it all in reverse."""
     if settings.database_url is None:
@@ -125,6 +124,11 @@ async def open_services(
         metrics = Metrics()
         served = model if model is not None else load_model(settings.model_path)
         policy: DecisionPolicy = policy_for(served, settings)
+        shadow = (
+            load_model_file(settings.shadow_model_path)
+            if settings.shadow_model_path is not None
+            else None
+        )
         engine = ScoringEngine(
             pool=pool,
             features=features,
@@ -132,6 +136,7 @@ async def open_services(
             policy=policy,
             db_timeout_s=settings.db_timeout_s,
             metrics=metrics,
+            shadow=shadow,
         )
         dispatcher = Dispatcher(
             handler=engine.handle,
@@ -227,7 +232,7 @@ def _services_of(scope: Any) -> Services | None:
 
 
 def create_app(
-    settings: Settings, *, model: LogisticModel | None = None, handle_signals: bool = False
+    settings: Settings, *, model: ScoringModel | None = None, handle_signals: bool = False
 ) -> FastAPI:
     """The application. ``handle_signals``: drain on SIGTERM / SIGINT before the
     server stops (``api.lifecycle``); for a served process, not for tests in process.

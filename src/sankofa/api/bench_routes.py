@@ -72,7 +72,7 @@ async def naive(request: Request) -> Response:
     online = await s.features.compute([tx])
     model = s.engine.model
     scores, contributions, fallback = model.predict(online.matrix)
-    d = decide(s.engine.policy, scores, contributions, model.feature_names, fallback)
+    d = decide(s.engine.policy, scores, contributions, model.contribution_names, fallback)
     version = f"{model.name}@{model.version}"
     score = float(scores[0])
     processing_ms = round((loop.time() - started) * 1000.0, 3)

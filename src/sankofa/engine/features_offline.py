@@ -2,7 +2,9 @@
 
 This is the offline twin of the online (Redis) feature store: training and
 evaluation use it, and tests hold it equal to the Fraud Detection Handbook's
-published features. Both must implement exactly these semantics:
+published features (``compute_features``) and to the online store
+(``compute_served_features``, which adds ``engine.terminal_history``). Both
+must implement exactly these semantics:
 
 * Rows form a stream in the given order. A row sees itself and the rows
   before it; a later row with the same timestamp is not seen (a stream has
@@ -33,6 +35,7 @@ from sankofa.engine.feature_names import (
     NIGHT_LAST_HOUR,
     TERMINAL_WINDOWS_DAYS,
 )
+from sankofa.engine.terminal_history import terminal_history
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -112,6 +115,39 @@ def compute_features(
         np.divide(nb_fraud, count, out=risk, where=count > 0)
         out[:, col[f"TERMINAL_ID_RISK_{w}DAY_WINDOW"]] = risk
     return out
+
+
+def compute_served_features(
+    *,
+    event_time_s: npt.ArrayLike,
+    local_time_s: npt.ArrayLike,
+    customer: npt.ArrayLike,
+    terminal: npt.ArrayLike,
+    amount_cents: npt.ArrayLike,
+    fraud: npt.ArrayLike,
+    label_delay_days: float = LABEL_DELAY_DAYS,
+) -> FloatArray:
+    """The (n, 18) matrix the service computes (``SERVED_FEATURE_NAMES`` order).
+
+    ``compute_features`` followed by the terminal's known-label history; the
+    same arguments and rules.
+    """
+    handbook = compute_features(
+        event_time_s=event_time_s,
+        local_time_s=local_time_s,
+        customer=customer,
+        terminal=terminal,
+        amount_cents=amount_cents,
+        fraud=fraud,
+        label_delay_days=label_delay_days,
+    )
+    history = terminal_history(
+        event_time_s=event_time_s,
+        terminal=terminal,
+        fraud=fraud,
+        label_delay_days=label_delay_days,
+    )
+    return np.hstack([handbook, history])
 
 
 class _GroupedStream:

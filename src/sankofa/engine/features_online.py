@@ -5,8 +5,9 @@ fixed-size records (``features.lua``); one script call per batch appends the
 new transactions (once per id) and returns every history as it stands after
 each one. numpy then computes all windows of the whole batch at once: Redis
 only copies bytes, and no per-record work happens in Lua or in a Python loop.
-Terminal risk reads a sorted set of the terminal's transactions labelled
-fraud, fed by ``POST /v1/labels``.
+Terminal risk reads the labels in the terminal's records, set by
+``POST /v1/labels``; the same records give the terminal's known-label history
+(``engine.terminal_history``), the last three values of the served vector.
 """
 
 from __future__ import annotations
@@ -30,9 +31,11 @@ from sankofa.engine.feature_names import (
     DAY_S,
     LABEL_DELAY_DAYS,
     N_FEATURES,
+    N_SERVED_FEATURES,
     NIGHT_LAST_HOUR,
     TERMINAL_WINDOWS_DAYS,
 )
+from sankofa.engine.terminal_history import N_HISTORY, from_records, no_legit_age_days
 from sankofa.engine.transaction import Transaction
 from sankofa.errors import FeatureStoreUnavailableError
 
@@ -53,6 +56,9 @@ _CUSTOMER_REACH_S: Final = np.asarray([d * DAY_S for d in CUSTOMER_WINDOWS_DAYS]
 _TERMINAL_REACH_S: Final = np.asarray(
     [_DELAY_S + d * DAY_S for d in TERMINAL_WINDOWS_DAYS], dtype=np.float64
 )
+#: Columns of the window matrix: (count, sum) per customer and terminal window,
+#: then the terminal history values.
+_N_WINDOW_COLUMNS: Final = 2 * (len(CUSTOMER_WINDOWS_DAYS) + len(TERMINAL_WINDOWS_DAYS))
 _FRAUD: Final = struct.pack("<d", 1.0)
 _NOT_FRAUD: Final = struct.pack("<d", 0.0)
 _BATCH_RECORD: Final = np.dtype([("t", "<f8"), ("cents", "<f8"), ("hash", "S8")])
@@ -83,7 +89,7 @@ def id_hash(transaction_id: str) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class OnlineFeatures:
-    matrix: npt.NDArray[np.float64]  # (n, N_FEATURES)
+    matrix: npt.NDArray[np.float64]  # (n, N_SERVED_FEATURES)
     flags: npt.NDArray[np.int64]  # ADDED_* bits per transaction
 
 
@@ -172,7 +178,8 @@ class _Histories:
         # holds id-hash bits, not numbers: keep only this kind's records' values.
         mine = np.zeros(shared.counts.shape[0], dtype=bool)
         mine[key] = True
-        self.values = np.where(mine[shared.rec_key], shared.records[:, value_column], 0.0)
+        self.mine = mine[shared.rec_key]
+        self.values = np.where(self.mine, shared.records[:, value_column], 0.0)
         self.prefix = np.concatenate(([0.0], np.cumsum(self.values)))
         self.slow = shared.unsorted[key]
         if shared.composite is None:
@@ -225,13 +232,59 @@ class _Histories:
                 total[rows, c] = np.bincount(run, weights=inside * values, minlength=rows.shape[0])
         return count, total
 
+    def known_history(
+        self, query: npt.NDArray[np.float64], reach_s: float, upto_s: float
+    ) -> npt.NDArray[np.float64]:
+        """Terminal histories only: (n, 3) known-label history values
+        (``engine.terminal_history``) over records with time in (query - reach, query - upto].
+
+        In time order the records after the last legitimate one are frauds,
+        apart from frauds sharing that record's second, which a same-second
+        search adds back; so prefix sums and binary searches give all three.
+        """
+        n = query.shape[0]
+        out = np.zeros((n, N_HISTORY))
+        out[:, 2] = no_legit_age_days()
+        fast = ~self.slow
+        if fast.any():
+            shared = self._shared
+            assert shared.composite is not None
+            q, k = query[fast], self.key[fast]
+            hi = np.minimum(self._position(k, q - upto_s), self.hi_bound[fast])
+            lo = np.maximum(self._position(k, q - reach_s), self.lo_bound[fast])
+            hi = np.maximum(hi, lo)
+            legit = np.zeros(self.values.shape[0] + 1, dtype=np.int64)
+            np.cumsum(self.mine & (self.values == 0.0), out=legit[1:])
+            has_legit = legit[hi] > legit[lo]
+            last = np.maximum(np.searchsorted(legit, legit[hi], side="left") - 1, 0)
+            same_second = np.searchsorted(shared.composite, shared.composite[last], side="left")
+            start = np.where(has_legit, np.maximum(same_second, lo), lo)
+            streak = self.prefix[hi] - self.prefix[start]
+            # The earliest fraud at or after ``start``: where the fraud count first grows.
+            first_fraud = np.searchsorted(self.prefix, self.prefix[start] + 0.5, side="left") - 1
+            first_fraud = np.clip(first_fraud, 0, max(self.times.shape[0] - 1, 0))
+            rows = np.zeros((q.shape[0], N_HISTORY))
+            rows[:, 0] = streak
+            if self.times.shape[0]:
+                np.divide(q - self.times[first_fraud], DAY_S, out=rows[:, 1], where=streak > 0)
+                rows[:, 2] = np.where(
+                    has_legit, (q - self.times[last]) / DAY_S, no_legit_age_days()
+                )
+            out[fast] = rows
+        for i in np.flatnonzero(self.slow).tolist():
+            idx = range(int(self.lo_bound[i]), int(self.hi_bound[i]))
+            records = [(float(self.times[j]), float(self.values[j])) for j in idx]
+            out[i] = from_records(float(query[i]), records)
+        return out
+
 
 def windows(
     reply: bytes, event_time_s: npt.NDArray[np.float64]
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
-    """Per transaction: customer (count, cents) and terminal (count, frauds) per window.
+    """Per transaction: customer (count, cents) and terminal (count, frauds) per window,
+    then the terminal's known-label history (``engine.terminal_history``).
 
-    Returns an (n, 2 * (customer windows + terminal windows)) matrix and the flags.
+    Returns an (n, 2 * (customer windows + terminal windows) + 3) matrix and the flags.
     Small batches take a plain loop: numpy's fixed cost per call (tens of calls
     here) outweighs its speed below a few thousand records.
     """
@@ -266,7 +319,8 @@ def _windows_loop(
     treach = [float(r) for r in _TERMINAL_REACH_S]
     delay = float(_DELAY_S)
     nc, nt = len(creach), len(treach)
-    out = np.zeros((n, 2 * (nc + nt)))
+    longest = max(treach)
+    out = np.zeros((n, _N_WINDOW_COLUMNS + N_HISTORY))
     flags = np.zeros(n, dtype=np.int64)
     times = event_time_s.tolist()
     for i in range(n):
@@ -274,6 +328,7 @@ def _windows_loop(
         flags[i] = int(words[h])
         t = times[i]
         row = [0.0] * (2 * (nc + nt))
+        known: list[tuple[float, float]] = []
         ck, cf, ce = int(words[h + 1]), int(words[h + 2]), int(words[h + 3])
         at = records_at + 3 * starts[ck]
         for r in range(cf, ce):
@@ -296,7 +351,9 @@ def _windows_loop(
                 if age < treach[w]:
                     row[2 * (nc + w)] += 1
                     row[2 * (nc + w) + 1] += fraud
-        out[i] = row
+            if age < longest:
+                known.append((words[at + 3 * r], fraud))
+        out[i] = [*row, *from_records(t, known)]
     return out, flags
 
 
@@ -306,15 +363,19 @@ def _windows_numpy(
     heads, counts, records = _parse_reply(reply)
     n = heads.shape[0]
     h = heads.astype(np.int64)
-    nc, nt = len(CUSTOMER_WINDOWS_DAYS), len(TERMINAL_WINDOWS_DAYS)
-    out = np.zeros((n, 2 * (nc + nt)))
+    nc = len(CUSTOMER_WINDOWS_DAYS)
+    out = np.zeros((n, _N_WINDOW_COLUMNS + N_HISTORY))
     shared = _Records(records, counts, event_time_s)
     customers = _Histories(shared, h[:, 1], h[:, 2], h[:, 3], 1)
     count, total = customers.windows(event_time_s, _CUSTOMER_REACH_S, 0.0)
     out[:, 0 : 2 * nc : 2], out[:, 1 : 2 * nc : 2] = count, total
     terminals = _Histories(shared, h[:, 4], h[:, 5], h[:, 6], 2)
     count, total = terminals.windows(event_time_s, _TERMINAL_REACH_S, float(_DELAY_S))
-    out[:, 2 * nc :: 2], out[:, 2 * nc + 1 :: 2] = count, total
+    out[:, 2 * nc : _N_WINDOW_COLUMNS : 2] = count
+    out[:, 2 * nc + 1 : _N_WINDOW_COLUMNS : 2] = total
+    out[:, _N_WINDOW_COLUMNS:] = terminals.known_history(
+        event_time_s, float(_TERMINAL_REACH_S.max()), float(_DELAY_S)
+    )
     return out, h[:, 0]
 
 
@@ -323,10 +384,14 @@ def assemble(
     amount_cents: npt.NDArray[np.int64],
     local_time_s: npt.NDArray[np.float64],
 ) -> npt.NDArray[np.float64]:
-    """The model's input matrix from the window counts and sums (see ``windows``)."""
+    """The served input matrix from the window counts and sums (see ``windows``):
+    the handbook's 15 values, then the terminal history values as they come."""
     n = counts.shape[0]
     nc, nt = len(CUSTOMER_WINDOWS_DAYS), len(TERMINAL_WINDOWS_DAYS)
-    x = np.empty((n, N_FEATURES), dtype=np.float64)
+    if counts.shape[1] != _N_WINDOW_COLUMNS + N_HISTORY:
+        raise ValueError(f"counts must have {_N_WINDOW_COLUMNS + N_HISTORY} columns")
+    x = np.empty((n, N_SERVED_FEATURES), dtype=np.float64)
+    x[:, N_FEATURES:] = counts[:, _N_WINDOW_COLUMNS:]
     x[:, 0] = amount_cents / 100.0
     x[:, 1], x[:, 2] = time_flags(local_time_s)
     for w in range(nc):
@@ -374,7 +439,7 @@ class FeatureStore:
         """Count the transactions (once per id) and return their features, in order."""
         n = len(txs)
         if n == 0:
-            return OnlineFeatures(np.empty((0, N_FEATURES)), np.empty(0, dtype=np.int64))
+            return OnlineFeatures(np.empty((0, N_SERVED_FEATURES)), np.empty(0, dtype=np.int64))
         keys: list[str] = []
         records = np.empty(n, dtype=_BATCH_RECORD)
         times = np.empty(n)

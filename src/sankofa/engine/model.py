@@ -1,10 +1,11 @@
-"""The serving model: a standardised logistic regression, in numpy only.
+"""The baseline serving model: a standardised logistic regression, in numpy only.
 
 Serving must not import pandas or scikit-learn, and a model must not be used
 with features it was not trained on. A model is therefore a small JSON
 artefact (format ``sankofa.logreg/1``) holding the scaler, the coefficients,
 the decision thresholds and where it came from, and loading checks that it
-names exactly ``FEATURE_NAMES``.
+names exactly ``FEATURE_NAMES``: the handbook's vector, which leads the
+served one (``SERVED_FEATURE_NAMES``), so ``predict`` takes either.
 
 Scoring is one vectorised pass. Besides the probability it returns each
 feature's contribution to the logit, ``coef * (x - mean) / scale``: they add
@@ -33,12 +34,13 @@ from typing import Any, Final, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from sankofa.engine.feature_names import FEATURE_NAMES, N_FEATURES
+from sankofa.engine.feature_names import FEATURE_NAMES, N_FEATURES, N_SERVED_FEATURES
 
 FloatArray = npt.NDArray[np.float64]
 
 FORMAT: Final = "sankofa.logreg/1"
-DEFAULT_MODEL_FILE: Final = "logreg-handbook-v1.json"
+#: The packaged logistic regression (the handbook's baseline, trained on its split).
+LOGREG_MODEL_FILE: Final = "logreg-handbook-v1.json"
 #: Standardised values beyond this many standard deviations carry no more
 #: information, and bounding them keeps every logit finite.
 STANDARDISED_CLIP: Final = 1e6
@@ -143,6 +145,11 @@ class LogisticModel:
         if not math.isfinite(self.intercept):
             raise ModelFormatError("intercept must be finite")
 
+    @property
+    def contribution_names(self) -> tuple[str, ...]:
+        """Names of the contribution columns: the features themselves."""
+        return self.feature_names
+
     # -- scoring -----------------------------------------------------------
 
     def score(self, X: npt.ArrayLike) -> tuple[FloatArray, FloatArray]:
@@ -156,8 +163,11 @@ class LogisticModel:
         This is the engine's ``ScoringModel`` call (``sankofa.engine.scorer``).
         """
         x = np.asarray(X, dtype=np.float64)
-        if x.ndim != 2 or x.shape[1] != N_FEATURES:
-            raise ValueError(f"X must have shape (n, {N_FEATURES}), got {x.shape}")
+        if x.ndim != 2 or x.shape[1] not in (N_FEATURES, N_SERVED_FEATURES):
+            raise ValueError(
+                f"X must have shape (n, {N_FEATURES}) or (n, {N_SERVED_FEATURES}), got {x.shape}"
+            )
+        x = x[:, :N_FEATURES]
         finite = np.isfinite(x)
         # An absurd finite value may overflow to +-inf here; the clip bounds it.
         with np.errstate(over="ignore"):
@@ -226,20 +236,26 @@ class LogisticModel:
         Path(path).write_text(text + "\n", encoding="utf-8")
 
 
-def default_model_path() -> Path:
-    """The shipped model, package data ``sankofa/models/logreg-handbook-v1.json``."""
-    resource = resources.files("sankofa").joinpath("models", DEFAULT_MODEL_FILE)
+def packaged_model_path(file_name: str) -> Path:
+    """A shipped artefact, package data ``sankofa/models/<file_name>``."""
+    resource = resources.files("sankofa").joinpath("models", file_name)
     if not isinstance(resource, Path):
-        raise FileNotFoundError(
-            f"sankofa is not installed as files; read {DEFAULT_MODEL_FILE} with load_default_model()"
-        )
+        raise FileNotFoundError(f"sankofa is not installed as files; cannot locate {file_name}")
     return resource
 
 
-def load_default_model() -> LogisticModel:
-    """Load the shipped model, wherever the package is installed."""
-    resource = resources.files("sankofa").joinpath("models", DEFAULT_MODEL_FILE)
-    return LogisticModel.from_dict(json.loads(resource.read_text(encoding="utf-8")))
+def read_packaged_model(file_name: str) -> dict[str, Any]:
+    """The JSON of a shipped artefact, wherever the package is installed."""
+    resource = resources.files("sankofa").joinpath("models", file_name)
+    data = json.loads(resource.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ModelFormatError(f"{file_name}: expected a JSON object")
+    return data
+
+
+def load_packaged_logreg() -> LogisticModel:
+    """The shipped logistic regression (the baseline; the service's default is in serving)."""
+    return LogisticModel.from_dict(read_packaged_model(LOGREG_MODEL_FILE))
 
 
 def sigmoid(logit: FloatArray) -> FloatArray:

@@ -9,6 +9,9 @@ For one batch of jobs (each job = one request of 1..1000 transactions):
    An id repeated within the batch by another request is treated the same way.
 2. One Redis round trip computes the online features of the new transactions.
 3. One numpy call scores them; the decision policy turns scores into decisions.
+   A shadow (challenger) model, when configured, scores the same matrix in
+   the same pass; its score, decision (by its own thresholds) and version are
+   stored beside the champion's and never change the answer.
 4. Transactions and decisions are written with COPY; the transaction commits.
    Only then are the futures resolved, so a 200 means committed.
 
@@ -24,14 +27,16 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import asyncpg
 import numpy as np
 import numpy.typing as npt
 
+from sankofa.engine import constants as C
 from sankofa.engine.decision import DecisionPolicy, decide
 from sankofa.engine.features_online import ADDED_CUSTOMER, ADDED_TERMINAL, FeatureStore
+from sankofa.engine.serving import ScoringModel, model_version, own_policy
 from sankofa.engine.transaction import Transaction
 from sankofa.errors import (
     ConflictError,
@@ -60,25 +65,6 @@ DB_DOWN: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
 )
-
-
-class ScoringModel(Protocol):
-    """What the engine needs of a model: names, a version, one vectorised call."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def version(self) -> str: ...
-
-    @property
-    def feature_names(self) -> tuple[str, ...]: ...
-
-    def predict(
-        self, x: npt.NDArray[np.float64]
-    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
-        """(scores in [0,1], per-feature logit contributions, rows needing a fallback)."""
-        ...
 
 
 def _stored_as_is(existing: dict[str, repo.StoredDecision], tx: Transaction) -> bool:
@@ -132,6 +118,7 @@ class ScoringEngine:
         db_timeout_s: float,
         now: Callable[[], float] = time.monotonic,
         metrics: Metrics | None = None,
+        shadow: ScoringModel | None = None,
     ) -> None:
         if not db_timeout_s > 0:
             raise ValueError("db_timeout_s must be > 0")
@@ -139,6 +126,8 @@ class ScoringEngine:
         self._features = features
         self._model = model
         self._policy = policy
+        self._shadow = shadow
+        self._shadow_policy = own_policy(shadow) if shadow is not None else None
         self._db_timeout_s = db_timeout_s
         self._now = now
         self._metrics = metrics
@@ -151,6 +140,10 @@ class ScoringEngine:
     @property
     def policy(self) -> DecisionPolicy:
         return self._policy
+
+    @property
+    def shadow(self) -> ScoringModel | None:
+        return self._shadow
 
     async def handle(self, jobs: Sequence[ScoreJob]) -> list[list[DecisionOut] | BaseException]:
         started = self._now()
@@ -381,17 +374,27 @@ class ScoringEngine:
         if not txs:
             return [], []
         scores, contributions, fallback = self._model.predict(x)
-        d = decide(self._policy, scores, contributions, self._model.feature_names, fallback)
+        d = decide(self._policy, scores, contributions, self._model.contribution_names, fallback)
+        shadow_scores, shadow_decisions, shadow_version = self._shadow_decide(x)
         processing_ms = round((self._now() - started) * 1000.0, 3)
         batch_size = sum(len(job.payload.transactions) for job in jobs)
-        version = f"{self._model.name}@{self._model.version}"
+        version = model_version(self._model)
         features = repo.encode_features(x)
         priority = [job.priority.label for job in jobs]
         queue_ms = [round(job.queue_s * 1000.0, 3) for job in jobs]
         records: list[repo.Record] = []
         outs: list[DecisionOut] = []
-        for tx, score, decision, level, reasons, feats, j in zip(
-            txs, scores.tolist(), d.decision, d.risk_level, d.reasons, features, job_of, strict=True
+        for tx, score, decision, level, reasons, feats, j, s_score, s_decision in zip(
+            txs,
+            scores.tolist(),
+            d.decision,
+            d.risk_level,
+            d.reasons,
+            features,
+            job_of,
+            shadow_scores,
+            shadow_decisions,
+            strict=True,
         ):
             records.append(
                 (
@@ -418,6 +421,9 @@ class ScoringEngine:
                     queue_ms[j],
                     processing_ms,
                     batch_size,
+                    s_score,
+                    s_decision,
+                    shadow_version,
                 )
             )
             outs.append(
@@ -436,6 +442,32 @@ class ScoringEngine:
                 }
             )
         return records, outs
+
+    def _shadow_decide(
+        self, x: npt.NDArray[np.float64]
+    ) -> tuple[list[float | None], list[str | None], str | None]:
+        """The shadow model's scores and decisions for the batch (Nones without one).
+
+        A failing shadow must never fail the champion's answer: it is logged
+        and its columns stay empty for this batch.
+        """
+        n = x.shape[0]
+        if self._shadow is None or self._shadow_policy is None:
+            return [None] * n, [None] * n, None
+        try:
+            scores = self._shadow.predict(x).scores
+        except Exception:
+            log.exception("shadow model %s failed; stored without its score", self._shadow.name)
+            return [None] * n, [None] * n, None
+        policy = self._shadow_policy
+        index = (scores >= policy.review_threshold).astype(np.int64) + (
+            scores >= policy.decline_threshold
+        )
+        return (
+            list(scores.tolist()),
+            [C.DECISIONS[i] for i in index.tolist()],
+            model_version(self._shadow),
+        )
 
     def _results(
         self,

@@ -1,21 +1,19 @@
-"""Train and evaluate the project's logistic regression on the handbook's data.
+"""Train and evaluate models on the handbook's data: ``sankofa train`` and ``sankofa evaluate``.
 
-The handbook's yardstick figures come from scikit-learn's ``LogisticRegression``
-with default settings on standardised features. Training here solves exactly
-that problem (L2 penalty, C = 1, unpenalised intercept, features standardised
-with the training rows' mean and population standard deviation) by Newton's
-method, in numpy, so the project reproduces the yardstick without a
-scikit-learn dependency and the serving artefact comes from the same code.
+Model kinds (``--model``):
 
-Decision thresholds follow one stated policy, computed on the training rows
-(a later issue refines it): investigators review about ``REVIEW_CARDS_PER_DAY``
-cards a day (100, the k of Card Precision@100), so the review threshold is the
-score that, over the training days, flags that many distinct cards per day on
-average (a card counts with its highest score of the day). Automatic declines
-are kept to the few cards the model is surest of (``DECLINE_CARDS_PER_DAY``),
-since a decline blocks a customer's money without a human look. The MEDIUM
-risk level uses the same rule with a larger budget (``MEDIUM_CARDS_PER_DAY``);
-HIGH starts at review and CRITICAL at decline.
+* ``logreg``: the handbook's baseline, a logistic regression solved in numpy
+  (``evaluation.logreg``) on the handbook's 15 features;
+* ``lightgbm``: the tree ensemble served by default (``engine.trees``),
+  trained with LightGBM (``evaluation.gbdt``, the optional ``train`` extra)
+  on the served features and the values derived from them;
+* a path to an artefact: evaluated as it is, without retraining.
+
+Features always come from ``engine.features_offline``, the offline twin that
+tests hold equal to the online store. Each protocol (``evaluation.protocol``)
+trains one model per training window, scores its test rows, and reports AUC
+ROC, Average Precision, Card Precision@100 (``evaluation.metrics``) and the
+Brier score of the probabilities, beside the handbook's published figures.
 """
 
 from __future__ import annotations
@@ -25,6 +23,7 @@ import hashlib
 import json
 import sys
 import time
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, Final
@@ -32,11 +31,14 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from sankofa.engine.feature_names import FEATURE_NAMES
-from sankofa.engine.features_offline import compute_features
-from sankofa.engine.model import LogisticModel, Thresholds, sigmoid
+from sankofa.engine.features_offline import compute_served_features
+from sankofa.engine.model import LogisticModel
+from sankofa.engine.serving import ScoringModel, load_model_file
+from sankofa.engine.trees import TreeEnsembleModel
+from sankofa.evaluation.logreg import fit_model, fit_scaler, train_logreg
 from sankofa.evaluation.metrics import average_precision, card_precision_top_k, roc_auc
 from sankofa.evaluation.protocol import (
+    PREQUENTIAL_TEST_START,
     SPLIT_TRAIN_START,
     WEEK_DAYS,
     Split,
@@ -45,16 +47,34 @@ from sankofa.evaluation.protocol import (
     single_split,
     train_test_split,
 )
+from sankofa.evaluation.thresholds import (
+    DECLINE_CARDS_PER_DAY,
+    MEDIUM_CARDS_PER_DAY,
+    REVIEW_CARDS_PER_DAY,
+    choose_thresholds,
+    policy_metadata,
+)
 from sankofa.sim.data import RawData, load_raw
+
+__all__ = [
+    "DECLINE_CARDS_PER_DAY",
+    "MEDIUM_CARDS_PER_DAY",
+    "REVIEW_CARDS_PER_DAY",
+    "choose_thresholds",
+    "evaluate_prequential",
+    "evaluate_split",
+    "fit_model",
+    "fit_scaler",
+    "main_evaluate",
+    "main_train",
+    "train_logreg",
+    "train_model",
+]
 
 FloatArray = npt.NDArray[np.float64]
 
-DECLINE_CARDS_PER_DAY: Final = 20
-REVIEW_CARDS_PER_DAY: Final = 100
-MEDIUM_CARDS_PER_DAY: Final = 500
-#: Newton stops when no coefficient moves by more than this (relative to the largest).
-NEWTON_STEP_TOL: Final = 1e-10
-NEWTON_MAX_ITER: Final = 100
+MODEL_KINDS: Final = ("lightgbm", "logreg")
+DEFAULT_NAMES: Final = {"lightgbm": "gbdt-handbook", "logreg": "logreg-handbook"}
 #: The handbook's published logistic-regression figures (handbook-spec.md section 4).
 PUBLISHED_SPLIT: Final = {
     "auc_roc": 0.871,
@@ -66,13 +86,38 @@ PUBLISHED_PREQUENTIAL: Final = {
     "average_precision": 0.623,
     "card_precision_at_100": 0.297,
 }
+#: The best published figure of any model, per metric (handbook-spec.md section 4).
+BEST_PUBLISHED_SPLIT: Final = {
+    "auc_roc": 0.871,
+    "average_precision": 0.658,
+    "card_precision_at_100": 0.291,
+}
+BEST_PUBLISHED_PREQUENTIAL: Final = {
+    "auc_roc": 0.876,
+    "average_precision": 0.694,
+    "card_precision_at_100": 0.304,
+}
 _METRICS: Final = ("auc_roc", "average_precision", "card_precision_at_100")
 
 
+@dataclass(frozen=True, slots=True)
+class FoldScores:
+    """One test set's labels and scores, kept for plots (never written to JSON)."""
+
+    label: str
+    y: npt.NDArray[np.bool_]
+    scores: FloatArray
+
+
+@dataclass
+class Collected:
+    folds: list[FoldScores] = field(default_factory=list)
+
+
 def raw_features(raw: RawData) -> FloatArray:
-    """The (n, 15) features of the published rows (naive time is both event and local time)."""
+    """The (n, 18) served features of the published rows (naive time is event and local time)."""
     t = raw.tx_datetime.astype(np.float64)
-    return compute_features(
+    return compute_served_features(
         event_time_s=t,
         local_time_s=t,
         customer=raw.customer_id,
@@ -82,127 +127,120 @@ def raw_features(raw: RawData) -> FloatArray:
     )
 
 
-def fit_scaler(X: npt.ArrayLike) -> tuple[FloatArray, FloatArray]:
-    """Column mean and population standard deviation; constant columns get scale 1."""
-    x = np.asarray(X, dtype=np.float64)
-    mean = x.mean(axis=0)
-    scale = x.std(axis=0)
-    # As scikit-learn: a (near-)constant column is centred, not blown up.
-    scale[scale < 10 * np.finfo(np.float64).eps * np.maximum(np.abs(mean), 1.0)] = 1.0
-    return mean, scale
-
-
-def train_logreg(
-    X: npt.ArrayLike,
-    y: npt.ArrayLike,
-    *,
-    C: float = 1.0,
-    max_iter: int = NEWTON_MAX_ITER,
-) -> tuple[FloatArray, float]:
-    """Minimise C * sum(log-loss) + ||coef||^2 / 2 (intercept free); return (coef, intercept).
-
-    Newton's method with a backtracking line search: the objective is smooth
-    and strictly convex, so a few iterations reach the optimum to machine
-    precision, which makes the result independent of solver tolerances.
-    """
-    if C <= 0:
-        raise ValueError("C must be > 0")
-    x = np.asarray(X, dtype=np.float64)
-    target = np.asarray(y).astype(np.float64)
-    if x.ndim != 2 or target.shape != (x.shape[0],):
-        raise ValueError("X must be (n, d) and y (n,)")
-    if not np.all(np.isfinite(x)):
-        raise ValueError("X must be finite")
-    if target.min() == target.max():
-        raise ValueError("y must contain both classes")
-    n, d = x.shape
-    design = np.hstack([x, np.ones((n, 1))])
-    penalty = np.r_[np.ones(d), 0.0]
-
-    def objective(w: FloatArray) -> float:
-        z = design @ w
-        return float(C * np.sum(np.logaddexp(0.0, z) - target * z) + 0.5 * np.sum(w[:d] ** 2))
-
-    w = np.zeros(d + 1)
-    value = objective(w)
-    for _ in range(max_iter):
-        z = design @ w
-        p = sigmoid(z)
-        grad = C * (design.T @ (p - target)) + penalty * w
-        hess = (design * (C * p * (1.0 - p))[:, None]).T @ design + np.diag(penalty)
-        step = np.linalg.solve(hess, grad)
-        decrement = float(grad @ step)
-        t = 1.0
-        while True:
-            candidate = w - t * step
-            new_value = objective(candidate)
-            if new_value <= value - 1e-4 * t * decrement or t < 1e-10:
-                break
-            t /= 2
-        moved = float(np.max(np.abs(t * step)))
-        w, value = candidate, min(new_value, value)
-        if moved <= NEWTON_STEP_TOL * max(1.0, float(np.max(np.abs(w)))):
-            return w[:d].copy(), float(w[d])
-    raise RuntimeError(f"logistic regression did not converge in {max_iter} Newton steps")
-
-
-def choose_thresholds(
-    scores: npt.ArrayLike, day: npt.ArrayLike, customer: npt.ArrayLike
-) -> Thresholds:
-    """Thresholds from card budgets per day on the training rows (module docstring)."""
-    s = np.asarray(scores, dtype=np.float64)
-    days = np.asarray(day, dtype=np.int64)
-    cust = np.asarray(customer, dtype=np.int64)
-    n_days = np.unique(days).shape[0]
-    # Highest score of each (day, card): one entry per card and day.
-    key = (days - days.min()) * (int(cust.max()) + 1) + cust
-    order = np.lexsort((s, key))
-    last = np.r_[key[order][1:] != key[order][:-1], True]
-    card_day_max = np.sort(s[order][last])[::-1]
-
-    def budget(cards_per_day: int) -> float:
-        k = min(cards_per_day * n_days, card_day_max.shape[0])
-        return float(card_day_max[k - 1])
-
-    decline = budget(DECLINE_CARDS_PER_DAY)
-    review = budget(REVIEW_CARDS_PER_DAY)
-    medium = budget(MEDIUM_CARDS_PER_DAY)
-    return Thresholds(
-        review=review,
-        decline=decline,
-        risk_levels={"MEDIUM": medium, "HIGH": review, "CRITICAL": decline},
-    )
-
-
-def fit_model(
-    features: FloatArray,
-    labels: npt.NDArray[np.bool_],
+def fit_kind(
+    kind: str,
+    raw: RawData,
+    feats: FloatArray,
+    days: npt.NDArray[np.int64],
+    split: Split,
     *,
     name: str,
     version: str,
-    C: float = 1.0,
-) -> LogisticModel:
-    """Scaler and logistic regression on the given rows, thresholds left at 1 (never fire)."""
-    mean, scale = fit_scaler(features)
-    coef, intercept = train_logreg((features - mean) / scale, labels, C=C)
-    never = Thresholds(
-        review=1.0, decline=1.0, risk_levels={"MEDIUM": 1.0, "HIGH": 1.0, "CRITICAL": 1.0}
-    )
-    return LogisticModel(
-        name=name,
-        version=version,
-        feature_names=FEATURE_NAMES,
-        mean=mean,
-        scale=scale,
-        coef=coef,
-        intercept=intercept,
-        thresholds=never,
-    )
+) -> ScoringModel:
+    """A model of ``kind`` trained on ``split.train``, with its thresholds."""
+    train = split.train
+    if kind == "logreg":
+        model = fit_model(feats[train], raw.fraud[train], name=name, version=version)
+        scores = model.predict(feats[train]).scores
+        thresholds = choose_thresholds(scores, days[train], raw.customer_id[train])
+        return LogisticModel(
+            name=name,
+            version=version,
+            feature_names=model.feature_names,
+            mean=model.mean,
+            scale=model.scale,
+            coef=model.coef,
+            intercept=model.intercept,
+            thresholds=thresholds,
+            metadata={
+                "solver": "newton, L2, C=1.0, intercept unpenalised, population-std scaler",
+                "threshold_policy": policy_metadata("training rows"),
+            },
+        )
+    if kind == "lightgbm":
+        from sankofa.evaluation.gbdt import fit_gbdt
+
+        tree_model, _ = fit_gbdt(
+            feats,
+            raw.fraud,
+            days,
+            raw.customer_id,
+            train=train,
+            train_start=split.train_start,
+            name=name,
+            version=version,
+        )
+        return tree_model
+    raise ValueError(f"unknown model kind {kind!r}: expected one of {MODEL_KINDS} or a file")
+
+
+def _scorer(
+    model_arg: str, raw: RawData, feats: FloatArray, days: npt.NDArray[np.int64], split: Split
+) -> ScoringModel:
+    if model_arg in MODEL_KINDS:
+        return fit_kind(model_arg, raw, feats, days, split, name="eval", version="0")
+    return load_model_file(model_arg)
+
+
+def evaluate_split(
+    raw: RawData,
+    *,
+    model: str = "logreg",
+    features: FloatArray | None = None,
+    collect: Collected | None = None,
+) -> dict[str, Any]:
+    """The handbook's chapter-3 split with a model kind (or a fixed artefact)."""
+    feats = features_with_progress(raw) if features is None else features
+    days = day_of(raw.tx_datetime)
+    split = single_split(day=days, customer=raw.customer_id, fraud=raw.fraud)
+    progress(f"training {model} (single split)")
+    scorer = _scorer(model, raw, feats, days, split)
+    report = _split_report(raw, feats, days, split, scorer, collect=collect, label="split")
+    return {
+        "protocol": "split",
+        "model": model,
+        **report,
+        "published": dict(PUBLISHED_SPLIT),
+        "best_published": dict(BEST_PUBLISHED_SPLIT),
+    }
+
+
+def evaluate_prequential(
+    raw: RawData,
+    *,
+    model: str = "logreg",
+    features: FloatArray | None = None,
+    start: date = PREQUENTIAL_TEST_START,
+    collect: Collected | None = None,
+) -> dict[str, Any]:
+    """Four prequential folds from ``start`` (the test folds by default); mean and sample std."""
+    feats = features_with_progress(raw) if features is None else features
+    days = day_of(raw.tx_datetime)
+    folds = []
+    for k, split in enumerate(
+        prequential_folds(day=days, customer=raw.customer_id, fraud=raw.fraud, start=start)
+    ):
+        progress(f"training {model}, fold {k + 1} (train from {split.train_start})")
+        scorer = _scorer(model, raw, feats, days, split)
+        label = f"train {split.train_start.isoformat()}"
+        folds.append(_split_report(raw, feats, days, split, scorer, collect=collect, label=label))
+    metrics = (*_METRICS, "brier")
+    values = {m: np.array([fold["metrics"][m] for fold in folds]) for m in metrics}
+    return {
+        "protocol": "prequential",
+        "model": model,
+        "folds": folds,
+        "mean": {m: float(v.mean()) for m, v in values.items()},
+        "std": {m: float(v.std(ddof=1)) for m, v in values.items()},
+        "published": dict(PUBLISHED_PREQUENTIAL),
+        "best_published": dict(BEST_PUBLISHED_PREQUENTIAL),
+    }
 
 
 def train_model(
     raw: RawData,
     *,
+    kind: str = "logreg",
     train_start: date = SPLIT_TRAIN_START,
     train_days: int = WEEK_DAYS,
     name: str = "logreg-handbook",
@@ -210,12 +248,14 @@ def train_model(
     data_sha256: str | None = None,
     data_file: str | None = None,
     features: FloatArray | None = None,
-) -> LogisticModel:
+    booster_out: Path | None = None,
+) -> ScoringModel:
     """The serving artefact: trained on ``train_days`` from ``train_start``, with metadata.
 
     Test metrics on the handbook's protocol for that training window (7-day
     delay, 7 test days, known cards removed) are recorded when the data covers
-    them. ``features`` may be passed when already computed for ``raw``.
+    them. ``booster_out`` (tree models): also write LightGBM's own model text
+    there, for the served-equals-library tests.
     """
     feats = raw_features(raw) if features is None else features
     days = day_of(raw.tx_datetime)
@@ -228,17 +268,34 @@ def train_model(
     )
     if split.train.shape[0] == 0:
         raise ValueError(f"no transactions in the {train_days} days from {train_start}")
-    _progress(f"training on {split.train.shape[0]:,} transactions")
+    progress(f"training {kind} on {split.train.shape[0]:,} transactions")
     train_y = raw.fraud[split.train]
-    model = fit_model(feats[split.train], train_y, name=name, version=version)
-    train_scores, _ = model.score(feats[split.train])
-    thresholds = choose_thresholds(train_scores, days[split.train], raw.customer_id[split.train])
+    if kind == "lightgbm":
+        from sankofa.evaluation.gbdt import fit_gbdt
+
+        model: ScoringModel
+        model, booster = fit_gbdt(
+            feats,
+            raw.fraud,
+            days,
+            raw.customer_id,
+            train=split.train,
+            train_start=train_start,
+            name=name,
+            version=version,
+        )
+        if booster_out is not None:
+            booster.save_model(str(booster_out))
+    else:
+        model = fit_kind(kind, raw, feats, days, split, name=name, version=version)
+    train_scores = model.predict(feats[split.train]).scores
     test_metrics: dict[str, Any] | None = None
     test_y = raw.fraud[split.test]
     if test_y.any() and not test_y.all():
         report = _split_report(raw, feats, days, split, model)
         test_metrics = {**report["test"], **report["metrics"]}
     metadata: dict[str, Any] = {
+        **dict(_metadata_of(model)),
         "training": {
             "start": train_start.isoformat(),
             "end": (train_start + timedelta(days=train_days - 1)).isoformat(),
@@ -247,13 +304,6 @@ def train_model(
             "frauds": int(train_y.sum()),
         },
         "data": {"file": data_file, "sha256": data_sha256, "transactions": len(raw)},
-        "solver": "newton, L2, C=1.0, intercept unpenalised, population-std scaler",
-        "threshold_policy": {
-            "rule": "score flagging on average N distinct cards per training day",
-            "decline_cards_per_day": DECLINE_CARDS_PER_DAY,
-            "review_cards_per_day": REVIEW_CARDS_PER_DAY,
-            "medium_cards_per_day": MEDIUM_CARDS_PER_DAY,
-        },
         "metrics": {
             "train": {
                 "auc_roc": roc_auc(train_y, train_scores),
@@ -262,70 +312,43 @@ def train_model(
             "test": test_metrics,
         },
     }
-    return LogisticModel(
-        name=model.name,
-        version=model.version,
-        feature_names=model.feature_names,
-        mean=model.mean,
-        scale=model.scale,
-        coef=model.coef,
-        intercept=model.intercept,
-        thresholds=thresholds,
-        metadata=metadata,
-    )
+    if kind == "lightgbm":
+        metadata["threshold_policy"] = policy_metadata(str(metadata["calibration"]["chosen_on"]))
+    return _with_metadata(model, metadata)
 
 
-def evaluate_split(raw: RawData, *, features: FloatArray | None = None) -> dict[str, Any]:
-    """The handbook's chapter-3 split, with the project's logistic regression."""
-    feats = _features_with_progress(raw) if features is None else features
-    days = day_of(raw.tx_datetime)
-    split = single_split(day=days, customer=raw.customer_id, fraud=raw.fraud)
-    _progress("training (single split)")
-    model = fit_model(feats[split.train], raw.fraud[split.train], name="eval", version="0")
-    report = _split_report(raw, feats, days, split, model)
-    return {"protocol": "split", **report, "published": dict(PUBLISHED_SPLIT)}
-
-
-def evaluate_prequential(raw: RawData, *, features: FloatArray | None = None) -> dict[str, Any]:
-    """The handbook's four prequential test folds; mean and sample std (ddof=1) over folds."""
-    feats = _features_with_progress(raw) if features is None else features
-    days = day_of(raw.tx_datetime)
-    folds = []
-    for k, split in enumerate(
-        prequential_folds(day=days, customer=raw.customer_id, fraud=raw.fraud)
-    ):
-        _progress(f"training fold {k + 1} (train from {split.train_start})")
-        model = fit_model(feats[split.train], raw.fraud[split.train], name="eval", version="0")
-        folds.append(_split_report(raw, feats, days, split, model))
-    values = {m: np.array([fold["metrics"][m] for fold in folds]) for m in _METRICS}
-    return {
-        "protocol": "prequential",
-        "folds": folds,
-        "mean": {m: float(v.mean()) for m, v in values.items()},
-        "std": {m: float(v.std(ddof=1)) for m, v in values.items()},
-        "published": dict(PUBLISHED_PREQUENTIAL),
-    }
+def brier_score(y: npt.ArrayLike, p: npt.ArrayLike) -> float:
+    """Mean squared difference between probability and outcome (lower is better)."""
+    labels = np.asarray(y, dtype=np.float64)
+    probs = np.asarray(p, dtype=np.float64)
+    return float(np.mean((probs - labels) ** 2))
 
 
 def main_train(args: argparse.Namespace) -> int:
     """Train from ``args.input`` and write the artefact to ``args.out``."""
     started = time.perf_counter()
     path = Path(args.input)
-    raw = _load_with_progress(path)
-    feats = _features_with_progress(raw)
+    kind = str(args.model)
+    if kind not in MODEL_KINDS:
+        print(f"sankofa train: --model must be one of {MODEL_KINDS}", file=sys.stderr)
+        return 2
+    raw = load_with_progress(path)
+    feats = features_with_progress(raw)
     model = train_model(
         raw,
+        kind=kind,
         train_start=_as_date(args.train_start),
         train_days=int(args.train_days),
-        name=str(args.name),
+        name=str(args.name or DEFAULT_NAMES[kind]),
         version=str(args.version),
         data_sha256=file_sha256(path),
         data_file=path.name,
         features=feats,
+        booster_out=getattr(args, "booster_out", None),
     )
-    model.save(args.out)
-    meta = model.metadata
-    print(f"model      {model.name} {model.version} -> {args.out}")
+    _save(model, Path(args.out))
+    meta = dict(_metadata_of(model))
+    print(f"model      {model.name} {model.version} ({kind}) -> {args.out}")
     print(
         f"training   {meta['training']['start']}..{meta['training']['end']}: "
         f"{meta['training']['transactions']:,} tx, {meta['training']['frauds']:,} frauds"
@@ -338,7 +361,15 @@ def main_train(args: argparse.Namespace) -> int:
     )
     test = meta["metrics"]["test"]
     if test is not None:
-        print(_table([("sankofa LR (test)", test), ("handbook LR", PUBLISHED_SPLIT)]))
+        print(
+            _table(
+                [
+                    (f"sankofa {kind} (test)", test),
+                    ("handbook LR", PUBLISHED_SPLIT),
+                    ("best published", BEST_PUBLISHED_SPLIT),
+                ]
+            )
+        )
     print(f"took {time.perf_counter() - started:.1f} s")
     return 0
 
@@ -346,35 +377,45 @@ def main_train(args: argparse.Namespace) -> int:
 def main_evaluate(args: argparse.Namespace) -> int:
     """Run a protocol on ``args.input``; print a table, write JSON to ``args.report`` if set."""
     started = time.perf_counter()
-    raw = _load_with_progress(Path(args.input))
+    model = str(args.model)
+    if model not in MODEL_KINDS and not Path(model).is_file():
+        print(
+            f"sankofa evaluate: --model must be one of {MODEL_KINDS} or a model file",
+            file=sys.stderr,
+        )
+        return 2
+    raw = load_with_progress(Path(args.input))
+    collect = Collected()
     if args.protocol == "split":
-        report = evaluate_split(raw)
+        report = evaluate_split(raw, model=model, collect=collect)
         print(
             f"single split: train {report['train']['start']}..{report['train']['end']} "
             f"({report['train']['transactions']:,} tx / {report['train']['frauds']:,} frauds), "
             f"test {report['test']['start']}..{report['test']['end']} "
             f"({report['test']['transactions']:,} / {report['test']['frauds']:,})"
         )
-        print(_table([("sankofa LR", report["metrics"]), ("handbook LR", PUBLISHED_SPLIT)]))
+        rows = [(f"sankofa {model}", report["metrics"])]
     elif args.protocol == "prequential":
-        report = evaluate_prequential(raw)
+        report = evaluate_prequential(raw, model=model, collect=collect)
         rows = [(f"fold train {f['train']['start']}", f["metrics"]) for f in report["folds"]]
-        print(
-            _table(
-                [
-                    *rows,
-                    ("mean", report["mean"]),
-                    ("std (ddof=1)", report["std"]),
-                    ("handbook LR (mean)", PUBLISHED_PREQUENTIAL),
-                ]
-            )
-        )
+        rows += [("mean", report["mean"]), ("std (ddof=1)", report["std"])]
     else:
         raise ValueError(f"unknown protocol {args.protocol!r}: expected 'split' or 'prequential'")
+    rows += [
+        ("handbook LR", report["published"]),
+        ("best published", report["best_published"]),
+    ]
+    print(_table(rows))
     report["seconds"] = round(time.perf_counter() - started, 2)
     if args.report is not None:
         Path(args.report).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         print(f"report written to {args.report}")
+    plots = getattr(args, "plots", None)
+    if plots is not None:
+        from sankofa.evaluation.plots import write_plots
+
+        for written in write_plots(Path(plots), f"{args.protocol}-{Path(model).stem}", collect):
+            print(f"plot written to {written}")
     print(f"took {report['seconds']:.1f} s")
     return 0
 
@@ -387,11 +428,60 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def _metadata_of(model: ScoringModel) -> dict[str, Any]:
+    meta = getattr(model, "metadata", {})
+    return dict(meta)
+
+
+def _with_metadata(model: ScoringModel, metadata: dict[str, Any]) -> ScoringModel:
+    if isinstance(model, LogisticModel):
+        return LogisticModel(
+            name=model.name,
+            version=model.version,
+            feature_names=model.feature_names,
+            mean=model.mean,
+            scale=model.scale,
+            coef=model.coef,
+            intercept=model.intercept,
+            thresholds=model.thresholds,
+            metadata=metadata,
+        )
+    if isinstance(model, TreeEnsembleModel):
+        return TreeEnsembleModel(
+            name=model.name,
+            version=model.version,
+            feature_names=model.feature_names,
+            input_names=model.input_names,
+            fill=model.fill,
+            trees=model.trees,
+            calibration=model.calibration,
+            thresholds=model.thresholds,
+            metadata=metadata,
+        )
+    raise TypeError(f"cannot attach metadata to {type(model).__name__}")
+
+
+def _save(model: ScoringModel, path: Path) -> None:
+    if isinstance(model, LogisticModel | TreeEnsembleModel):
+        model.save(path)
+        return
+    raise TypeError(f"cannot save {type(model).__name__}")
+
+
 def _split_report(
-    raw: RawData, feats: FloatArray, days: npt.NDArray[np.int64], split: Split, model: LogisticModel
+    raw: RawData,
+    feats: FloatArray,
+    days: npt.NDArray[np.int64],
+    split: Split,
+    model: ScoringModel,
+    *,
+    collect: Collected | None = None,
+    label: str = "",
 ) -> dict[str, Any]:
-    scores, _ = model.score(feats[split.test])
+    scores = model.predict(feats[split.test]).scores
     y = raw.fraud[split.test]
+    if collect is not None:
+        collect.folds.append(FoldScores(label, y, scores))
     cp_mean, cp_days = card_precision_top_k(
         days[split.test], raw.customer_id[split.test], y, scores
     )
@@ -414,34 +504,37 @@ def _split_report(
             "average_precision": average_precision(y, scores),
             "card_precision_at_100": cp_mean,
             "card_precision_per_day": cp_days,
+            "brier": brier_score(y, scores),
         },
     }
 
 
 def _table(rows: list[tuple[str, dict[str, Any]]]) -> str:
     width = max(len(label) for label, _ in rows)
-    lines = [f"{'':{width}}  {'AUC ROC':>8}  {'AP':>8}  {'CP@100':>8}"]
+    lines = [f"{'':{width}}  {'AUC ROC':>8}  {'AP':>8}  {'CP@100':>8}  {'Brier':>8}"]
     for label, values in rows:
         cells = "  ".join(f"{values[m]:8.3f}" for m in _METRICS)
+        brier = values.get("brier")
+        cells += f"  {brier:8.5f}" if brier is not None else f"  {'':8}"
         lines.append(f"{label:{width}}  {cells}")
     return "\n".join(lines)
 
 
-def _load_with_progress(path: Path) -> RawData:
-    _progress(f"loading {path}")
+def load_with_progress(path: Path) -> RawData:
+    progress(f"loading {path}")
     raw = load_raw(path)
-    _progress(f"loaded {len(raw):,} transactions")
+    progress(f"loaded {len(raw):,} transactions")
     return raw
 
 
-def _features_with_progress(raw: RawData) -> FloatArray:
-    _progress("computing features")
+def features_with_progress(raw: RawData) -> FloatArray:
+    progress("computing features")
     feats = raw_features(raw)
-    _progress("features done")
+    progress("features done")
     return feats
 
 
-def _progress(message: str) -> None:
+def progress(message: str) -> None:
     """Progress for long steps on stderr, so stdout stays the result."""
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 

@@ -18,6 +18,13 @@ service asking to come back; other failures are counted and the transaction's
 label is not posted. The report gives counts, errors by status, throughput,
 latency per priority class, decisions by outcome, and AUC ROC, Average
 Precision and Card Precision@100 of the live scores against the file's labels.
+
+``--protocol split`` adds the handbook protocol's own figures computed from
+the live scores: the same test days, the same removal of known compromised
+cards and the same CP@100 rules as ``sankofa evaluate`` (both use
+``evaluation.protocol``), so the two can be compared figure for figure. The
+features need 37 days of history before the first test day and the removal
+needs the training week: replaying from 2018-07-01 to 2018-08-14 suffices.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ import numpy.typing as npt
 import orjson
 
 from sankofa.evaluation.metrics import average_precision, card_precision_top_k, roc_auc
+from sankofa.evaluation.protocol import day_of, single_split
 from sankofa.progress import Progress
 from sankofa.queues.priority import PRIORITY_NAMES
 from sankofa.sim.data import RawData, load_raw
@@ -90,6 +98,7 @@ class Outcome:
     transport_errors: int = 0
     refused: list[dict[str, Any]] = field(default_factory=list)
     refused_tx: Counter[int] = field(default_factory=Counter)
+    model_versions: Counter[str] = field(default_factory=Counter)
 
 
 class Replay:
@@ -248,6 +257,7 @@ class Replay:
                 for i, r in zip(chunk, results, strict=True):
                     self.scores[i] = r["risk_score"]
                     self.out.decisions[r["decision"]] += 1
+                    self.out.model_versions[r["model_version"]] += 1
                 self.stored[chunk] = True
                 self.out.accepted += len(chunk)
                 return
@@ -399,6 +409,7 @@ class Replay:
             "throughput_tx_per_s": round(o.accepted / elapsed_s, 1) if elapsed_s > 0 else None,
             "latency_ms": {**lat, "all": _percentiles(all_lat)},
             "decisions": dict(o.decisions),
+            "model_versions": dict(o.model_versions),
             "batch": self.batch,
             "concurrency": self.concurrency,
         }
@@ -415,6 +426,60 @@ class Replay:
             quality["card_precision_at_100"] = round(cp, 4)
         rep["quality"] = quality
         return rep
+
+
+def split_not_covered(raw: RawData) -> str | None:
+    """Why the replayed rows cannot give the split's figures, or None if they can."""
+    days = day_of(raw.tx_datetime)
+    split = single_split(day=days, customer=raw.customer_id, fraud=raw.fraud)
+    train_first = (split.train_start - date(1970, 1, 1)).days
+    test_last = (split.test_start - date(1970, 1, 1)).days + split.test_days - 1
+    if len(raw) == 0 or int(days.min()) > train_first or int(days.max()) < test_last:
+        return (
+            f"--protocol split needs the replay to cover {split.train_start} to"
+            f" {split.test_start} + {split.test_days - 1} days (and 37 days of history before"
+            " the first test day for its features)"
+        )
+    return None
+
+
+def protocol_quality(raw: RawData, scores: npt.NDArray[np.float64]) -> dict[str, Any]:
+    """The handbook's single-split figures from live scores (``nan``: not stored).
+
+    The test set is the protocol's (``evaluation.protocol.single_split`` on the
+    replayed rows); rows of it that were refused have no live score and are
+    counted apart, not scored.
+    """
+    problem = split_not_covered(raw)
+    if problem is not None:
+        raise ValueError(problem)
+    days = day_of(raw.tx_datetime)
+    split = single_split(day=days, customer=raw.customer_id, fraud=raw.fraud)
+    test = split.test
+    live = scores[test]
+    ok = np.isfinite(live)
+    y = raw.fraud[test][ok]
+    s = live[ok]
+    cp, per_day = card_precision_top_k(days[test][ok], raw.customer_id[test][ok], y, s)
+    return {
+        "protocol": "split",
+        "train": {"start": split.train_start.isoformat(), "days": split.train_days},
+        "test": {
+            "start": split.test_start.isoformat(),
+            "days": split.test_days,
+            "transactions": int(test.shape[0]),
+            "frauds": int(raw.fraud[test].sum()),
+            "scored": int(ok.sum()),
+            "not_stored": int((~ok).sum()),
+        },
+        "metrics": {
+            "auc_roc": roc_auc(y, s),
+            "average_precision": average_precision(y, s),
+            "card_precision_at_100": cp,
+            "card_precision_per_day": per_day,
+            "brier": float(np.mean((s - y) ** 2)),
+        },
+    }
 
 
 def _problem_detail(resp: httpx.Response) -> dict[str, Any]:
@@ -476,13 +541,23 @@ def print_report(rep: dict[str, Any]) -> None:
             print(
                 f"  {p:<9} n={v['n']:<8} p50={v['p50']:<9} p95={v['p95']:<9} p99={v['p99']:<9} max={v['max']}"
             )
-    print(f"decisions: {rep['decisions']}")
+    print(f"decisions: {rep['decisions']}  model: {rep.get('model_versions')}")
     q = rep["quality"]
     if "auc_roc" in q:
         print(
             f"quality of live scores over {q['scored']:,} transactions ({q['frauds']:,} frauds):"
             f" AUC ROC {q['auc_roc']}, Average Precision {q['average_precision']},"
             f" Card Precision@100 {q['card_precision_at_100']}"
+        )
+    proto = rep.get("protocol")
+    if proto is not None:
+        m, t = proto["metrics"], proto["test"]
+        print(
+            f"{proto['protocol']} protocol, live scores of its test set"
+            f" ({t['start']}, {t['days']} days: {t['scored']:,} of {t['transactions']:,} scored,"
+            f" {t['frauds']:,} frauds): AUC ROC {m['auc_roc']:.4f}, AP"
+            f" {m['average_precision']:.4f}, CP@100 {m['card_precision_at_100']:.4f},"
+            f" Brier {m['brier']:.5f}"
         )
 
 
@@ -498,6 +573,11 @@ def run_replay(args: argparse.Namespace) -> int:
     if len(raw) == 0:
         print("sankofa replay: no transactions in that date range", file=sys.stderr)
         return 2
+    if getattr(args, "protocol", None) == "split":
+        problem = split_not_covered(raw)
+        if problem is not None:
+            print(f"sankofa replay: {problem}", file=sys.stderr)
+            return 2
     replay = Replay(
         raw,
         url=args.url,
@@ -527,6 +607,11 @@ def run_replay(args: argparse.Namespace) -> int:
     rep["from"] = str(args.date_from) if args.date_from else None
     rep["to"] = str(args.date_to) if args.date_to else None
     rep["finished_at"] = datetime.now(UTC).isoformat()
+    if getattr(args, "protocol", None) == "split":
+        try:
+            rep["protocol"] = protocol_quality(raw, np.where(replay.stored, replay.scores, np.nan))
+        except ValueError as exc:
+            print(f"sankofa replay: {exc}", file=sys.stderr)
     print_report(rep)
     if args.report:
         Path(args.report).write_bytes(orjson.dumps(rep, option=orjson.OPT_INDENT_2))

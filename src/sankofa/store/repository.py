@@ -4,8 +4,9 @@ Writes happen once per batch, inside the caller's transaction, with one COPY
 (the fastest path into PostgreSQL; the rare id race is caught as a unique
 violation by the caller). Reads are by primary key.
 
-A decided transaction is one row: what was received and what was decided, in
-the column order of ``COLUMNS``. The feature vector is stored as big-endian
+A decided transaction is one row: what was received and what was decided
+(and what a shadow model would have decided), in the column order of
+``COLUMNS``. The feature vector is stored as big-endian
 float8 bytes (PostgreSQL's own float8send order), 8 bytes per feature.
 """
 
@@ -47,6 +48,10 @@ COLUMNS: Final = (
     "queue_ms",
     "processing_ms",
     "batch_size",
+    # The shadow (challenger) model's view of the same transaction (0002); NULL without one.
+    "shadow_risk_score",
+    "shadow_decision",
+    "shadow_model_version",
 )
 #: dtype of a stored feature vector's elements.
 FEATURE_DTYPE: Final = np.dtype(">f8")
@@ -84,6 +89,9 @@ def record(
     queue_ms: float,
     processing_ms: float,
     batch_size: int,
+    shadow_risk_score: float | None = None,
+    shadow_decision: str | None = None,
+    shadow_model_version: str | None = None,
 ) -> Record:
     """One row, in ``COLUMNS`` order (the scorer builds the same tuple inline)."""
     return (
@@ -110,6 +118,9 @@ def record(
         queue_ms,
         processing_ms,
         batch_size,
+        shadow_risk_score,
+        shadow_decision,
+        shadow_model_version,
     )
 
 
