@@ -231,6 +231,7 @@ def summarise(data: RunData) -> dict[str, Any]:
         "label": spec.label,
         "run_id": spec.run_id,
         "started_at": datetime.fromtimestamp(data.started_at, UTC).isoformat(timespec="seconds"),
+        "started_at_unix": round(data.started_at, 3),
         "definitions": _DEFINITIONS,
         "config": {
             "url": spec.url,

@@ -19,6 +19,10 @@ Scenarios:
   seed-table  the seed's normal / peak / stress rows: the highest compression factor
               (seed days per day) each row's success rate and latency bound hold at
   memory      a million transactions through the batch endpoint, RSS per worker
+  overload    three times capacity for 60 s (--overload-seconds) beside a steady probe:
+              refusals, critical, memory, and how soon latency is back to normal after
+  soak        70 % of capacity for 10 minutes (--soak-seconds): errors, latency per
+              minute, and the slope of each worker's RSS
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ from pathlib import Path
 from typing import Any
 
 SCENARIOS = ("baselines", "saturation", "isolation", "batch", "seed-table", "memory")
+#: Reliability scenarios (docs/reliability.md): not part of "all".
+RELIABILITY = ("overload", "soak")
 DEFAULT_MIX = "critical=0.05,high=0.15,normal=0.6,low=0.2"
 #: The seed documents' day table: (name, requests per day, success rate, latency bound ms).
 SEED_TABLE = (
@@ -55,7 +61,7 @@ def add_scenario_parser(sub: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    s.add_argument("name", choices=(*SCENARIOS, "all"))
+    s.add_argument("name", choices=(*SCENARIOS, *RELIABILITY, "all"))
     s.add_argument("--workers", type=int, default=2, help="service worker processes (default 2)")
     s.add_argument("--duration", type=float, default=10.0, help="seconds measured per step")
     s.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
@@ -67,6 +73,8 @@ def add_scenario_parser(sub: Any) -> None:
         "--capacity", type=float, help="isolation: capacity in req/s (default: measured)"
     )
     s.add_argument("--memory-transactions", type=int, default=1_000_000)
+    s.add_argument("--overload-seconds", type=float, default=60.0)
+    s.add_argument("--soak-seconds", type=float, default=600.0)
     s.add_argument(
         "--set",
         action="append",
@@ -181,7 +189,12 @@ class Service:
         import psutil
 
         children = psutil.Process(self.proc.pid).children(recursive=True)
-        workers = [c.pid for c in children if "python" in c.name()]
+        # Python children, less multiprocessing's resource tracker (it serves nothing).
+        workers = [
+            c.pid
+            for c in children
+            if "python" in c.name() and not any("resource_tracker" in a for a in c.cmdline())
+        ]
         return workers or [self.proc.pid]
 
     def stop(self) -> None:
@@ -613,6 +626,227 @@ def scenario_memory(ctx: Context) -> dict[str, Any]:
     }
 
 
+def _capacity(ctx: Context) -> float:
+    capacity: float | None = ctx.args.capacity
+    if not capacity:
+        capacity = scenario_saturation(ctx)["max_rps_p99_under_50ms"]
+    if not capacity:
+        raise SystemExit("no sustained rate found: cannot size the load")
+    return float(capacity)
+
+
+def _rss_slope_mb_per_min(series: list[list[float]], skip_s: float) -> float | None:
+    """Least-squares slope of RSS (MB) against time, after the first ``skip_s``."""
+    import numpy as np
+
+    pts = np.asarray([(t, rss) for t, _, rss in series if t >= skip_s], dtype=np.float64)
+    if pts.shape[0] < 3:
+        return None
+    slope = float(np.polyfit(pts[:, 0], pts[:, 1], 1)[0])
+    return round(slope * 60.0, 3)
+
+
+def _workers_rss(report: dict[str, Any]) -> dict[str, Any]:
+    return {
+        name: g
+        for name, g in report.get("resources", {}).items()
+        if name.startswith("worker") and isinstance(g, dict) and g.get("series")
+    }
+
+
+def scenario_overload(ctx: Context) -> dict[str, Any]:
+    """A steady probe at a third of capacity runs throughout: alone first (its latency
+    then is "normal"), beside a flood at three times capacity for --overload-seconds,
+    then alone again. The flood's refusals must be 503/504 with Retry-After; the probe
+    says whether critical kept being served and how soon latency was normal again."""
+    capacity = _capacity(ctx)
+    flood_s = ctx.args.overload_seconds
+    before_s, after_s = 15.0, 20.0
+    probe_rate = capacity / 3
+    service = ctx.service()
+    service.start()
+    try:
+        print(
+            f"overload: capacity {capacity:.0f} req/s; flood {3 * capacity:.0f} req/s for"
+            f" {flood_s:g} s beside a probe at {probe_rate:.0f} req/s",
+            file=sys.stderr,
+        )
+        flood_label = "overload-flood"
+        flood: subprocess.Popen[bytes] | None = None
+
+        def start_flood() -> None:
+            nonlocal flood
+            flood = subprocess.Popen(
+                [
+                    sys.executable, "-m", "sankofa.cli", "loadtest", "run",
+                    "--url", service.url,
+                    "--rate", f"{3 * capacity:.0f}",
+                    "--duration", f"{flood_s:g}",
+                    "--warmup", "0",
+                    "--priority-mix", DEFAULT_MIX,
+                    "--start-row", str(ctx.row + 5_000_000),
+                    "--out", str(ctx.out),
+                    "--label", flood_label,
+                    "--no-plots", "--quiet",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+
+        import threading
+
+        # The probe runs in this thread (the generator wants the main thread); the
+        # flood starts from a timer once the probe has measured "normal" for a while.
+        probe_s = before_s + flood_s + after_s + 10.0
+        timer = threading.Timer(ctx.args.warmup + before_s + 5.0, start_flood)
+        timer.start()
+        try:
+            probe_out = ctx.measure(
+                service,
+                path="/v1/transactions",
+                rate=probe_rate,
+                label="overload-probe",
+                duration_s=probe_s,
+            )
+        finally:
+            timer.cancel()
+            timer.join()
+        if flood is None:
+            raise RuntimeError("the flood never started")
+        flood.wait(timeout=flood_s + 300)
+        alive = service.proc is not None and service.proc.poll() is None
+        import httpx
+
+        live = httpx.get(f"{service.url}/health/live", timeout=5).status_code if alive else None
+    finally:
+        service.stop()
+    flood_report = json.loads((ctx.out / f"{flood_label}.json").read_text())
+    return _overload_result(capacity, probe_out, flood_report, alive=alive, live_status=live)
+
+
+def _overload_result(
+    capacity: float,
+    probe: dict[str, Any],
+    flood: dict[str, Any],
+    *,
+    alive: bool,
+    live_status: int | None,
+) -> dict[str, Any]:
+    # The flood's window on the probe's clock (seconds from the probe's start instant).
+    flood_from = flood["started_at_unix"] - probe["started_at_unix"]
+    flood_to = flood_from + flood["config"]["duration_s"]
+    rows = probe["timeseries"]
+    before = [r for i, r in enumerate(rows) if probe["config"]["warmup_s"] <= i < flood_from - 1]
+    during = [r for i, r in enumerate(rows) if flood_from + 1 <= i < flood_to]
+    after = [(i, r) for i, r in enumerate(rows) if i >= flood_to]
+    before_p99 = sorted(r["p99_ms"] for r in before if r["p99_ms"] is not None)
+    normal_p99 = before_p99[len(before_p99) // 2] if before_p99 else None
+    # Back to normal: the first second after the flood that starts five seconds in a row
+    # whose p99 is within twice the typical second before it (the median second's p99).
+    recovered_after_s: float | None = None
+    if normal_p99 is not None and after:
+        bound = 2 * normal_p99
+        for k, (i, _) in enumerate(after):
+            window = [r for _, r in after[k : k + 5] if r["completed"]]
+            if len(window) == 5 and all(
+                r["p99_ms"] is not None and r["p99_ms"] <= bound for r in window
+            ):
+                recovered_after_s = round(max(0.0, i - flood_to), 1)
+                break
+    crit_during = [r["by_priority"].get("critical", {}) for r in during]
+    flood_errors = flood["overall"]["errors_by_status"]
+    workers = _workers_rss(probe)
+    return {
+        "capacity_rps": capacity,
+        "flood_rps": 3 * capacity,
+        "flood_seconds": flood["config"]["duration_s"],
+        "probe_rps": probe["config"]["rate"],
+        "service_alive_after": alive,
+        "health_live_after": live_status,
+        "flood": {
+            "sent": flood["overall"]["requests"],
+            "ok": flood["overall"]["ok"],
+            "errors_by_status": flood_errors,
+            "refusals_without_retry_after": sum(
+                v["without"] for v in flood["retry_after"].values()
+            ),
+            "retry_after": flood["retry_after"],
+            "by_priority": {
+                p: {
+                    "sent": v["requests"],
+                    "ok": v["ok"],
+                    "errors_by_status": v["errors_by_status"],
+                    "latency_ms": v["latency_ms"],
+                }
+                for p, v in flood["by_priority"].items()
+            },
+        },
+        "probe": _summary(probe),
+        "probe_errors_by_status": probe["overall"]["errors_by_status"],
+        "probe_critical_ok_during_flood": sum(c.get("ok", 0) for c in crit_during),
+        "normal_p99_ms": normal_p99,
+        "normal_definition": "median of the probe's per-second p99 before the flood; back to"
+        " normal = five seconds in a row at most twice that",
+        "recovered_after_s": recovered_after_s,
+        "worker_rss_mb_max": {n: g["rss_mb"]["max"] for n, g in workers.items()},
+        "worker_rss_mb_mean": {n: g["rss_mb"]["mean"] for n, g in workers.items()},
+        "timeline": [
+            {"s": i, "p99_ms": r["p99_ms"], "ok": r["ok"], "errors": r["errors"]}
+            for i, r in enumerate(rows)
+        ],
+        "flood_window_s": [round(flood_from, 2), round(flood_to, 2)],
+    }
+
+
+def scenario_soak(ctx: Context) -> dict[str, Any]:
+    """70 % of capacity for --soak-seconds: no error, latency per minute, RSS slope."""
+    capacity = _capacity(ctx)
+    rate = 0.7 * capacity
+    seconds = ctx.args.soak_seconds
+    service = ctx.service()
+    service.start()
+    try:
+        print(f"soak: {rate:.0f} req/s for {seconds:g} s", file=sys.stderr)
+        report = ctx.measure(
+            service, path="/v1/transactions", rate=rate, label="soak", duration_s=seconds
+        )
+    finally:
+        service.stop()
+    rows = report["timeseries"]
+    warm = int(report["config"]["warmup_s"])
+    minutes = []
+    for m in range(0, max(1, (len(rows) - warm) // 60)):
+        chunk = [r for r in rows[warm + 60 * m : warm + 60 * (m + 1)] if r["p99_ms"] is not None]
+        if chunk:
+            minutes.append(
+                {
+                    "minute": m + 1,
+                    "ok": sum(r["ok"] for r in chunk),
+                    "errors": sum(r["errors"] for r in chunk),
+                    "p99_ms_worst_second": max(r["p99_ms"] for r in chunk),
+                    "p50_ms_median_second": sorted(r["p50_ms"] for r in chunk)[len(chunk) // 2],
+                }
+            )
+    workers = _workers_rss(report)
+    return {
+        "capacity_rps": capacity,
+        "rate_rps": rate,
+        "seconds": seconds,
+        "run": _summary(report),
+        "errors": report["overall"]["errors"],
+        "errors_by_status": report["overall"]["errors_by_status"],
+        "per_minute": minutes,
+        # After the first minute (warm-up: caches, pools, the allocator's arenas).
+        "worker_rss_slope_mb_per_min": {
+            n: _rss_slope_mb_per_min(g["series"], warm + 60.0) for n, g in workers.items()
+        },
+        "worker_rss_mb": {
+            n: {"mean": g["rss_mb"]["mean"], "max": g["rss_mb"]["max"]} for n, g in workers.items()
+        },
+        "rss_series": {n: g["series"] for n, g in workers.items()},
+    }
+
+
 def run_scenario(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     ctx = Context(args, args.out)
@@ -631,6 +865,10 @@ def run_scenario(args: argparse.Namespace) -> int:
             result = scenario_batch(ctx)
         elif name == "seed-table":
             result = scenario_seed_table(ctx)
+        elif name == "overload":
+            result = scenario_overload(ctx)
+        elif name == "soak":
+            result = scenario_soak(ctx)
         else:
             result = scenario_memory(ctx)
         result["seconds"] = round(time.time() - started, 1)
