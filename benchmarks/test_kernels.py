@@ -3,6 +3,10 @@
 Each kernel runs on a batch of 256 transactions (the default max batch size)
 built from the committed slice of published data, so the inputs have the
 shapes and values the service sees. Results are reported, never asserted.
+
+``test_model_batch`` / ``test_model_per_row_loop`` time the served tree
+model on batches of 1 to 4096 rows of the slice against a per-row Python walk
+of the same trees (compare the time per transaction, mean / batch size).
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ import orjson
 import pytest
 
 from sankofa.engine.decision import DecisionPolicy, decide
-from sankofa.engine.feature_names import FEATURE_NAMES
 from sankofa.engine.features_online import assemble, windows
-from sankofa.engine.model import load_default_model
+from sankofa.engine.serving import load_default_model
+from sankofa.engine.terminal_history import N_HISTORY
 from sankofa.engine.transaction import TransactionParser
+from sankofa.engine.trees import TreeEnsembleModel
+from sankofa.evaluation.train import raw_features
 from sankofa.queues.dispatcher import ClassPolicy, Dispatcher
 from sankofa.queues.priority import Priority
 from sankofa.sim.data import load_raw
@@ -48,7 +54,7 @@ def bodies() -> list[dict[str, Any]]:
 
 
 def _counts(rng: np.random.Generator) -> np.ndarray:
-    counts = rng.integers(1, 50, size=(BATCH, 12)).astype(np.float64)
+    counts = rng.integers(1, 50, size=(BATCH, 12 + N_HISTORY)).astype(np.float64)
     counts[:, 1:6:2] *= 5_000  # summed cents
     return counts
 
@@ -79,23 +85,33 @@ def test_assemble_features(benchmark: Any) -> None:
 
 
 def test_feature_windows_from_histories(benchmark: Any) -> None:
-    """numpy windows over a Redis reply holding 60 customer and 40 terminal records per transaction."""
+    """numpy windows over a Redis reply holding 60 customer and 40 terminal records per
+    transaction (the reply layout of ``features_online._parse_reply``)."""
     rng = np.random.default_rng(0)
     t = rng.uniform(1.5e9, 1.5e9 + 86_400, BATCH)
-    head = np.zeros((BATCH, 3))
-    head[:, 1] = 60 * 24
-    head[:, 2] = 40 * 24
-    bodies = []
+    heads, counts, records = [], [], []
     for i in range(BATCH):
         cust = np.column_stack(
-            [t[i] - rng.uniform(0, 30 * 86_400, 60), rng.uniform(100, 9_000, 60), np.zeros(60)]
+            [
+                np.sort(t[i] - rng.uniform(0, 30 * 86_400, 60)),
+                rng.uniform(100, 9_000, 60),
+                np.zeros(60),
+            ]
         )
         term = np.column_stack(
-            [t[i] - rng.uniform(0, 37 * 86_400, 40), np.zeros(40), rng.integers(0, 2, 40)]
+            [np.sort(t[i] - rng.uniform(0, 37 * 86_400, 40)), np.zeros(40), rng.integers(0, 2, 40)]
         )
-        bodies += [cust.tobytes(), term.tobytes()]
-    reply = head.tobytes() + b"".join(bodies)
-    benchmark(windows, reply, BATCH, t)
+        # flags, then (key, first, end) of the customer's and of the terminal's records
+        heads.append([0, 2 * i, 0, 60, 2 * i + 1, 0, 40])
+        counts += [60, 40]
+        records += [cust, term]
+    reply = (
+        np.asarray([BATCH, len(counts)], dtype="<f8").tobytes()
+        + np.asarray(heads, dtype="<f8").tobytes()
+        + np.asarray(counts, dtype="<f8").tobytes()
+        + np.concatenate(records).astype("<f8").tobytes()
+    )
+    benchmark(windows, reply, t)
 
 
 def test_model_predict(benchmark: Any, features: np.ndarray) -> None:
@@ -109,7 +125,7 @@ def test_decide(benchmark: Any, features: np.ndarray) -> None:
     policy = DecisionPolicy(
         review_threshold=0.06, decline_threshold=0.97, level_bounds=(0.01, 0.06, 0.97)
     )
-    benchmark(decide, policy, scores, contributions, FEATURE_NAMES, fallback)
+    benchmark(decide, policy, scores, contributions, model.contribution_names, fallback)
 
 
 def test_dispatcher_round_trip(benchmark: Any) -> None:
@@ -132,3 +148,40 @@ def test_dispatcher_round_trip(benchmark: Any) -> None:
         await d.close()
 
     benchmark(lambda: asyncio.run(run()))
+
+
+@pytest.fixture(scope="module")
+def slice_features() -> np.ndarray:
+    return raw_features(load_raw(SLICE))
+
+
+@pytest.mark.parametrize("size", [1, 16, 256, 1000, 4096])
+def test_model_batch(benchmark: Any, slice_features: np.ndarray, size: int) -> None:
+    """The served call: calibrated scores and per-input contributions of ``size`` rows."""
+    model = load_default_model()
+    benchmark(model.predict, slice_features[:size])
+
+
+def _per_row(model: TreeEnsembleModel, x: np.ndarray) -> list[float]:
+    t = model.trees
+    feature, threshold = t.feature.tolist(), t.threshold.tolist()
+    left, right, value = t.left.tolist(), t.right.tolist(), t.value.tolist()
+    roots = t.roots.tolist()
+    z, _ = model.inputs(x)
+    out = []
+    for row in z.tolist():
+        total = 0.0
+        for node in roots:
+            while left[node] != node:
+                node = right[node] if row[feature[node]] > threshold[node] else left[node]
+            total += value[node]
+        out.append(total)
+    return out
+
+
+@pytest.mark.parametrize("size", [1, 16, 256])
+def test_model_per_row_loop(benchmark: Any, slice_features: np.ndarray, size: int) -> None:
+    """The same trees walked row by row in Python (margins only, no contributions)."""
+    model = load_default_model()
+    assert isinstance(model, TreeEnsembleModel)
+    benchmark(_per_row, model, slice_features[:size])
