@@ -223,6 +223,7 @@ def local_nginx_conf(
     https_port: int,
     certs: Path,
     work: Path,
+    plain_port: int | None = None,
 ) -> str:
     """The shipped nginx.conf, runnable on loopback: the upstreams' servers
     replaced by ``main`` / ``critical`` addresses with the shipped parameters
@@ -251,6 +252,16 @@ def local_nginx_conf(
     text = re.sub(r"^\s*listen \[::\]:.*\n", "", text, flags=re.MULTILINE)
     text = text.replace("listen 80;", f"listen 127.0.0.1:{http_port};")
     text = text.replace("listen 443 ssl", f"listen 127.0.0.1:{https_port} ssl")
+    if plain_port is not None:
+        # The TLS server also on a plain port, same locations: for load
+        # generators without TLS (sankofa loadtest). Loopback only.
+        text = re.sub(
+            r"^(\s*)(listen 127\.0\.0\.1:\d+ ssl[^;]*;)",
+            rf"\1\2\n\1listen 127.0.0.1:{plain_port};",
+            text,
+            count=1,
+            flags=re.MULTILINE,
+        )
     text = text.replace(
         "access_log /dev/stdout sankofa;", f"access_log {work / 'access.log'} sankofa;"
     )
@@ -289,6 +300,7 @@ class LocalCluster:
         self.redis_port = free_port()
         self.http_port = free_port()
         self.https_port = free_port()
+        self.plain_port = free_port()
         self.hmac_key = secrets.token_hex(32)
         self._pg_user = "postgres" if os.geteuid() == 0 else None
         # PostgreSQL's folders. As root they are a temporary folder of their own,
@@ -302,6 +314,11 @@ class LocalCluster:
     def url(self) -> str:
         """nginx, the cluster's front door (TLS; ``cafile`` verifies it)."""
         return f"https://127.0.0.1:{self.https_port}"
+
+    @property
+    def plain_url(self) -> str:
+        """The same nginx server without TLS (for ``sankofa loadtest``)."""
+        return f"http://127.0.0.1:{self.plain_port}"
 
     @property
     def cafile(self) -> Path:
@@ -637,6 +654,7 @@ class LocalCluster:
                 https_port=self.https_port,
                 certs=certs,
                 work=work,
+                plain_port=self.plain_port,
             )
         )
         cmd = [nginx, "-p", str(work), "-e", str(work / "error.log"), "-c", str(conf),
@@ -658,6 +676,7 @@ class LocalCluster:
         lines = [
             f"nginx        {self.url}  (CA: {self.cafile})",
             f"             http://127.0.0.1:{self.http_port} redirects to it",
+            f"             {self.plain_url} the same without TLS (load generators)",
             *(f"sankofa-{i.index}    {i.url}" + (f"  critical lane :{i.critical_port}" if i.critical_port else "")
               for i in self.instances),
             f"primary      {self.database_url}",
