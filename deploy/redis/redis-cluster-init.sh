@@ -2,7 +2,8 @@
 # One-shot (docker-compose.yml's redis-cluster-init): join the nodes named in
 # REDIS_NODES (host or host:port, port 6379 by default) into one cluster, the
 # 16384 hash slots split evenly between them. Does nothing when they already
-# form one, so `docker compose up` may run it again. redis-cli reads the
+# form one, so `docker compose up` may run it again. REDIS_REPLICAS replicas
+# per master (default 0: then every node is a master). redis-cli reads the
 # password from REDISCLI_AUTH.
 set -eu
 : "${REDIS_NODES:?list the nodes, e.g. REDIS_NODES='redis-1 redis-2 redis-3'}"
@@ -30,7 +31,7 @@ for node in $REDIS_NODES; do
     addresses="$addresses ${ip:-$host}:$(port_of "$node")"
 done
 # shellcheck disable=SC2086 # one argument per address
-redis-cli --cluster create $addresses --cluster-replicas 0 --cluster-yes
+redis-cli --cluster create $addresses --cluster-replicas "${REDIS_REPLICAS:-0}" --cluster-yes
 
 until cli "$first" cluster info | grep -q '^cluster_state:ok'; do sleep 1; done
 echo "redis cluster formed:"
