@@ -143,6 +143,23 @@ class Metrics:
         self.db_transactions = Counter(
             "sankofa_db_transactions", "Database transactions (one per batch)", registry=r
         )
+        self.degraded_decisions = Counter(
+            "sankofa_degraded_decisions",
+            "Decisions made on degraded online features (Redis down, or its histories"
+            " incomplete until a rebuild), flagged FEATURES_DEGRADED",
+            registry=r,
+        )
+        self.features_state = Gauge(
+            "sankofa_features_state",
+            "Online features: redis_available and histories_complete (1 yes, 0 no)",
+            ["check"],
+            registry=r,
+        )
+        self.feature_rebuilds = Counter(
+            "sankofa_feature_rebuilds",
+            "Rebuilds of the online features run by this process",
+            registry=r,
+        )
         self.outcome_unknown = Counter(
             "sankofa_outcome_unknown",
             "Transactions answered 503 outcome-unknown: written, commit not confirmed",

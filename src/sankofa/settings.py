@@ -92,6 +92,15 @@ class Settings(BaseSettings):
     #: Idle customer/terminal feature keys expire after this long (wall clock);
     #: longer than the 39 days of history the windows need.
     feature_key_ttl_s: int = Field(default=45 * 86_400, ge=40 * 86_400)
+    #: While the online features cannot be trusted (Redis down, or its histories
+    #: lost and being rebuilt from PostgreSQL), these classes (comma-separated) are
+    #: refused with a 503 and Retry-After; the others are scored on degraded
+    #: features and flagged FEATURES_DEGRADED. Empty: none fails closed.
+    features_fail_closed: str = Field(
+        default="low", pattern=r"^((critical|high|normal|low)(,(critical|high|normal|low))*)?$"
+    )
+    #: How often each process checks Redis and the rebuild marker.
+    feature_check_s: float = Field(default=0.5, gt=0)
 
     # Model and decision policy.
     #: The champion's artefact (JSON, any supported format); unset: the shipped default.

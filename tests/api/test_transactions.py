@@ -362,11 +362,15 @@ async def test_health_and_docs(client: httpx.AsyncClient) -> None:
     assert (await client.get("/health/live")).json() == {"status": "ok"}
     ready = await client.get("/health/ready")
     assert ready.status_code == 200, ready.text
-    assert ready.json()["checks"] == {
-        "database": True,
-        "redis": True,
-        "dispatcher": True,
-        "accepting": True,
+    assert ready.json() == {
+        "status": "ready",
+        "checks": {
+            "database": True,
+            "dispatcher": True,
+            "accepting": True,
+            "redis": True,
+            "features_complete": True,
+        },
     }
     assert (await client.get("/docs")).status_code == 200
     spec = (await client.get("/openapi.json")).json()

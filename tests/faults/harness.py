@@ -433,18 +433,25 @@ def retry_until_complete(
     return retried
 
 
-def check_histories(redis_url: str, prefix: str, database_url: str) -> None:
+def check_histories(
+    redis_url: str, prefix: str, database_url: str, *, complete: bool = False
+) -> None:
     """The histories hold no transaction twice and nothing that was not stored (older
-    records may have been trimmed: windows never reach them)."""
+    records may have been trimmed: windows never reach them). ``complete``: every
+    stored transaction is in both its customer's and its terminal's history (for runs
+    too short for any record to be trimmed)."""
     from sankofa.engine.features_online import id_hash
 
     client = redis_sync.Redis.from_url(redis_url)
     try:
         counted: dict[bytes, int] = {}
         for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+            kind = b":c:" if b":c:" in key else b":t:" if b":t:" in key else None
+            if kind is None:
+                continue  # the rebuild marker and its lock
             blob = client.get(key) or b""
             records = np.frombuffer(blob, dtype=np.uint8).reshape(-1, 24)
-            at = 16 if b":c:" in key else 8
+            at = 16 if kind == b":c:" else 8
             for rec in records:
                 h = bytes(rec[at : at + 8])
                 counted[h] = counted.get(h, 0) + 1
@@ -463,6 +470,9 @@ def check_histories(redis_url: str, prefix: str, database_url: str) -> None:
     assert not extra, f"{len(extra)} records in Redis for transactions never stored"
     doubled = {h: n for h, n in counted.items() if n > 2}  # one customer, one terminal record
     assert not doubled, f"{len(doubled)} transactions counted more than once"
+    if complete:
+        missing = [h for h in stored if counted.get(h, 0) != 2]
+        assert not missing, f"{len(missing)} stored transactions missing from the histories"
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 10) -> None:

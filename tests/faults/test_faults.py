@@ -80,6 +80,79 @@ def scores_one(url: str, body: bytes) -> bool:
         return False
 
 
+def features_state(url: str) -> dict[str, Any]:
+    r = httpx.get(f"{url}/health/ready", timeout=2)
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def degraded_rows(database_url: str) -> list[tuple[str, list[str]]]:
+    async def go() -> list[tuple[str, list[str]]]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            rows = await conn.fetch(
+                "SELECT priority, reasons FROM transactions"
+                " WHERE 'FEATURES_DEGRADED' = ANY(reasons)"
+            )
+            return [(r["priority"], list(r["reasons"])) for r in rows]
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+@pytest.mark.timeout(180)
+def test_redis_stopped_mid_load_then_restarted_empty(servers: Any, tmp_path: Path) -> None:
+    """Redis killed mid-load and started again empty: scoring goes on (low, configured
+    to fail closed, gets 503s; the rest is scored on degraded features, flagged); the
+    service notices Redis is back and empty, rebuilds the histories from PostgreSQL
+    by itself, and then they hold every stored transaction, those scored while Redis
+    was away included."""
+    pg, redis = servers
+    service = Service(pg.url, redis.url, tmp_path / "service.log", features_fail_closed="low")
+    service.start()
+    try:
+        load = LoadRun(service.url, rate=120, duration_s=14).start()
+        time.sleep(3)
+        redis.stop()
+        time.sleep(4)
+        redis.start()  # empty: nothing was saved
+        complete_s = wait_until(
+            lambda: features_state(service.url)["checks"].get("features_complete") is True, 30
+        )
+        load.wait()
+        statuses = load.statuses()
+        outcome = check_acknowledged_and_refused(
+            pg.url, statuses, service.metric("sankofa_outcome_unknown_total")
+        )
+        assert all(s in (200, 503, 504) for s in statuses.values()), set(statuses.values())
+        degraded = degraded_rows(pg.url)
+        assert degraded, "nothing was scored while Redis was down"
+        assert all(p != "low" for p, _ in degraded)  # low fails closed
+        assert all(r[0] == "FEATURES_DEGRADED" for _, r in degraded)
+        assert service.metric("sankofa_degraded_decisions_total") >= len(degraded)
+        assert service.metric("sankofa_feature_rebuilds_total") >= 1
+        retried = retry_until_complete(
+            service.url, load.ids, load.bodies, statuses, stored=set(outcome["in_doubt_stored"])
+        )
+        # Once complete again, the histories hold every stored transaction, once.
+        wait_until(
+            lambda: features_state(service.url)["checks"].get("features_complete") is True, 30
+        )
+        check_histories(redis.url, service.env["SANKOFA_REDIS_PREFIX"], pg.url, complete=True)
+        record(
+            "redis_stopped_restarted_empty",
+            {
+                **outcome,
+                "retried": retried,
+                "scored_degraded": len(degraded),
+                "features_complete_after_restart_s": round(complete_s, 2),
+            },
+        )
+    finally:
+        service.terminate()
+
+
 @pytest.mark.timeout(180)
 def test_postgres_stopped_mid_load_then_restarted(servers: Any, tmp_path: Path) -> None:
     pg, redis = servers

@@ -13,6 +13,7 @@ import json
 import struct
 import subprocess
 import sys
+import time
 from datetime import date, datetime
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from redis.asyncio import Redis
 
 from conftest import LiveServer
 from sankofa.engine.features_online import CUSTOMER_HORIZON_S, TERMINAL_HORIZON_S, FeatureStore
-from sankofa.engine.rebuild import marker_key, rebuild
+from sankofa.engine.rebuild import REACH_S, marker_key, rebuild
 from sankofa.settings import Settings
 from sankofa.sim.data import load_raw
 from sankofa.sim.replay import run_replay
@@ -59,10 +60,12 @@ def histories(url: str, prefix: str) -> dict[bytes, list[bytes]]:
         client.close()
 
 
-def empty_redis(url: str, prefix: str) -> None:
+def empty_redis(url: str, prefix: str, *, keep_marker: bool = False) -> None:
     client = redis_sync.Redis.from_url(url)
     try:
         keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        if keep_marker:
+            keys = [k for k in keys if not k.startswith(marker_key(prefix).encode())]
         if keys:
             client.delete(*keys)
     finally:
@@ -126,17 +129,54 @@ async def rebuild_now(settings: Settings) -> dict[str, object]:
         await redis.aclose()
 
 
+async def rebuild_start(database_url: str) -> float:
+    """Where a rebuild starts reading: the newest stored time less the longest reach."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        newest = await conn.fetchval("SELECT max(event_time) FROM transactions")
+    finally:
+        await conn.close()
+    return float(newest.timestamp() - REACH_S)
+
+
+def rebuilt_by_the_service(live_server: LiveServer, settings: Settings) -> dict[str, object]:
+    """Wait for the running service to notice the lost histories and rebuild them."""
+    client = redis_sync.Redis.from_url(settings.redis_url or "")
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            stamp = client.get(marker_key(settings.redis_prefix))
+            ready = httpx.get(f"{live_server.url}/health/ready", timeout=2).json()
+            if stamp is not None and ready["checks"]["features_complete"]:
+                return {"marker": float(stamp)}
+            time.sleep(0.1)
+        raise AssertionError("the service did not rebuild the features")
+    finally:
+        client.close()
+
+
 def replay_in_two_parts(
-    live_server: LiveServer, settings: Settings, tmp_path: Path, *, with_rebuild: bool
+    live_server: LiveServer,
+    settings: Settings,
+    tmp_path: Path,
+    *,
+    with_rebuild: bool,
+    automatic: bool = False,
+    keep_marker: bool = False,
 ) -> dict[str, object] | None:
     first = run_replay(replay_args(live_server.url, tmp_path / "first.json", date_to=CUT))
     assert first == 0, (tmp_path / "first.json").read_text()
     post_labels_up_to_cut(live_server.url)
     before = histories(settings.redis_url or "", settings.redis_prefix)
     assert before
-    empty_redis(settings.redis_url or "", settings.redis_prefix)
+    empty_redis(settings.redis_url or "", settings.redis_prefix, keep_marker=keep_marker)
     report = None
-    if with_rebuild:
+    if automatic:
+        report = rebuilt_by_the_service(live_server, settings)
+        since = asyncio.run(rebuild_start(settings.database_url or ""))
+        after = histories(settings.redis_url or "", settings.redis_prefix)
+        assert within_reach(after, since) == within_reach(before, since)
+    elif with_rebuild:
         report = asyncio.run(rebuild_now(settings))
         since = datetime.fromisoformat(str(report["since"])).timestamp()
         after = histories(settings.redis_url or "", settings.redis_prefix)
@@ -166,11 +206,25 @@ def test_rebuild_after_redis_is_lost_gives_the_published_features(
     assert result.values_unexplained == 0, result.examples
 
 
+def test_the_service_notices_and_rebuilds_by_itself(
+    live_server: LiveServer, settings: Settings, database_url: str, tmp_path: Path
+) -> None:
+    """No operator: the running service sees the marker gone, rebuilds from PostgreSQL,
+    and the rest of the replay stores the published features."""
+    replay_in_two_parts(live_server, settings, tmp_path, with_rebuild=False, automatic=True)
+    result = compare_slice(database_url)
+    assert result.rows_stored > 10_000
+    assert result.values_compared > 10_000
+    assert result.values_unexplained == 0, result.examples
+
+
 def test_without_the_rebuild_the_features_are_wrong(
     live_server: LiveServer, settings: Settings, database_url: str, tmp_path: Path
 ) -> None:
-    """The control: the same run without the rebuild stores features that differ."""
-    replay_in_two_parts(live_server, settings, tmp_path, with_rebuild=False)
+    """The control: the histories lost but the marker kept, so nothing tells the service
+    (as when Redis evicts keys under memory pressure: run it with noeviction), and no
+    rebuild: the same run stores features that differ."""
+    replay_in_two_parts(live_server, settings, tmp_path, with_rebuild=False, keep_marker=True)
     result = compare_slice(database_url)
     assert result.values_unexplained > 1000
 

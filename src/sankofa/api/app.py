@@ -29,13 +29,14 @@ from sankofa.api.lifecycle import GracefulShutdown
 from sankofa.api.routes import router
 from sankofa.api.services import Services
 from sankofa.engine.decision import DecisionPolicy
+from sankofa.engine.feature_guard import FeatureGuard
 from sankofa.engine.features_online import FeatureStore
 from sankofa.engine.scorer import ScoringEngine
 from sankofa.engine.serving import ScoringModel, load_model, load_model_file, policy_for
 from sankofa.engine.transaction import TransactionParser
 from sankofa.metrics import Metrics
 from sankofa.queues.dispatcher import ClassPolicy, Dispatcher
-from sankofa.queues.priority import Priority
+from sankofa.queues.priority import Priority, parse_x_priority
 from sankofa.queues.shedding import LoadShedder
 from sankofa.settings import Settings
 from sankofa.store.db import create_pool, migrate
@@ -129,6 +130,16 @@ async def open_services(
             if settings.shadow_model_path is not None
             else None
         )
+        guard = FeatureGuard(
+            redis=redis,
+            store=features,
+            pool=pool,
+            prefix=settings.redis_prefix,
+            check_every_s=settings.feature_check_s,
+            timeout_s=min(settings.redis_timeout_s, 1.0),
+        )
+        await guard.start()
+        stack.push_async_callback(guard.stop)
         engine = ScoringEngine(
             pool=pool,
             features=features,
@@ -137,6 +148,8 @@ async def open_services(
             db_timeout_s=settings.db_timeout_s,
             metrics=metrics,
             shadow=shadow,
+            guard=guard,
+            fail_closed=fail_closed_classes(settings),
         )
         dispatcher = Dispatcher(
             handler=engine.handle,
@@ -149,7 +162,7 @@ async def open_services(
         )
         await dispatcher.start()
         stack.push_async_callback(_drain, dispatcher, settings.drain_grace_s)
-        sampler = asyncio.create_task(_sample_gauges(metrics, dispatcher, pool, redis))
+        sampler = asyncio.create_task(_sample_gauges(metrics, dispatcher, pool, redis, guard))
         stack.push_async_callback(_cancel, sampler)
         body_deadlines = BodyDeadlines(timeout_s=settings.body_timeout_s)
         await body_deadlines.start()
@@ -174,6 +187,7 @@ async def open_services(
             metrics=metrics,
             body_deadlines=body_deadlines,
             shedder=shedder,
+            guard=guard,
         )
 
 
@@ -181,10 +195,25 @@ async def open_services(
 GAUGE_INTERVAL_S = 0.5
 
 
+def fail_closed_classes(settings: Settings) -> frozenset[Priority]:
+    names = [n for n in settings.features_fail_closed.split(",") if n]
+    return frozenset(parse_x_priority(n) for n in names)
+
+
 async def _sample_gauges(
-    metrics: Metrics, dispatcher: Dispatcher[Any, Any], pool: asyncpg.Pool, redis: Redis
+    metrics: Metrics,
+    dispatcher: Dispatcher[Any, Any],
+    pool: asyncpg.Pool,
+    redis: Redis,
+    guard: FeatureGuard,
 ) -> None:
+    rebuilds = 0
     while True:
+        metrics.features_state.labels("redis_available").set(int(guard.available))
+        metrics.features_state.labels("histories_complete").set(int(guard.complete))
+        if guard.rebuilds > rebuilds:
+            metrics.feature_rebuilds.inc(guard.rebuilds - rebuilds)
+            rebuilds = guard.rebuilds
         metrics.set_queue_depth({p.label: dispatcher.queue_depth(p) for p in Priority})
         size = pool.get_size()
         metrics.db_pool_size.set(size)

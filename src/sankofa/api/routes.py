@@ -202,7 +202,7 @@ _READY_SCHEMA: Final = {
     "type": "object",
     "required": ["status", "checks"],
     "properties": {
-        "status": {"type": "string", "enum": ["ready", "not-ready"]},
+        "status": {"type": "string", "enum": ["ready", "ready-degraded", "not-ready"]},
         "checks": {"type": "object", "additionalProperties": {"type": "boolean"}},
     },
 }
@@ -269,14 +269,22 @@ async def ready(request: Request) -> Response:
                 checks["database"] = await conn.fetchval("SELECT 1") == 1
     except DB_DOWN:
         checks["database"] = False
+    checks["dispatcher"] = s.dispatcher.running
+    checks["accepting"] = not s.dispatcher.draining
+    ok = all(checks.values())
+    # Redis is reported, not required: without it the service still scores, on
+    # degraded features (the classes configured to fail closed get 503s). Taking
+    # every instance out of the load balancer because Redis is down would refuse
+    # every class instead.
     try:
         checks["redis"] = await s.features.ping()
     except FeatureStoreUnavailableError:
         checks["redis"] = False
-    checks["dispatcher"] = s.dispatcher.running
-    checks["accepting"] = not s.dispatcher.draining
-    ok = all(checks.values())
-    body = {"status": "ready" if ok else "not-ready", "checks": checks}
+    checks["features_complete"] = s.guard.complete and s.guard.available
+    body = {
+        "status": ("ready" if not s.guard.degraded else "ready-degraded") if ok else "not-ready",
+        "checks": checks,
+    }
     if ok:
         return _json(body)
     return Response(

@@ -8,6 +8,7 @@ import asyncpg
 from redis.asyncio import Redis
 
 from sankofa.api.body import BodyDeadlines
+from sankofa.engine.feature_guard import FeatureGuard
 from sankofa.engine.features_online import FeatureStore
 from sankofa.engine.scorer import DecisionOut, ScoreRequest, ScoringEngine
 from sankofa.engine.transaction import TransactionParser
@@ -29,3 +30,4 @@ class Services:
     metrics: Metrics
     body_deadlines: BodyDeadlines
     shedder: LoadShedder
+    guard: FeatureGuard

@@ -79,6 +79,9 @@ FEATURE_REASON_CODES: Final = {
 REASON_NO_RISK_FACTOR: Final = "NO_STRONG_RISK_FACTOR"
 #: A feature came out non-finite; it was replaced by its training mean.
 REASON_FEATURE_FALLBACK: Final = "FEATURE_FALLBACK"
+#: First of the reasons when the online history was unavailable or incomplete
+#: (Redis down, or being rebuilt): the decision rests on degraded features.
+REASON_FEATURES_DEGRADED: Final = "FEATURES_DEGRADED"
 #: Smallest logit contribution worth naming as a reason, and how many to name.
 REASON_MIN_LOGIT: Final = 0.1
 REASON_MAX_CODES: Final = 3

@@ -405,6 +405,19 @@ def assemble(
     return x
 
 
+def degraded_matrix(txs: Sequence[Transaction]) -> npt.NDArray[np.float64]:
+    """The served vector without Redis: the transaction's own values (amount, weekend,
+    night) and the history unknown (NaN), which the model's fallback fills and flags."""
+    n = len(txs)
+    x = np.full((n, N_SERVED_FEATURES), np.nan)
+    if n:
+        cents = np.fromiter((tx.amount_cents for tx in txs), dtype=np.float64, count=n)
+        local = np.fromiter((tx.local_time_s for tx in txs), dtype=np.float64, count=n)
+        x[:, 0] = cents / 100.0
+        x[:, 1], x[:, 2] = time_flags(local)
+    return x
+
+
 class FeatureStore:
     """Computes, corrects and rebuilds the online features kept in Redis."""
 

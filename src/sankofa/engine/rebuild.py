@@ -12,8 +12,8 @@ id, so a rebuild can run beside live traffic, be interrupted and run again:
 what is already there is not counted twice.
 
 When it finishes it sets a marker key: a Redis that answers without the
-marker has lost (or never had) its histories. Operators run it as
-``sankofa features rebuild``.
+marker has lost (or never had) its histories. The service rebuilds by itself
+(``engine.feature_guard``); operators can run it as ``sankofa features rebuild``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, Final
 
@@ -112,10 +112,13 @@ async def rebuild(
     if batch < 1:
         raise ValueError("batch must be >= 1")
     started = time.monotonic()
+    # The marker holds this instant: every transaction committed before it is in
+    # the snapshot read below (feature_guard compares it with its misses).
+    snapshot_after = time.time()
     async with pool.acquire() as conn:
         newest: datetime | None = await conn.fetchval("SELECT max(event_time) FROM transactions")
         if newest is None:
-            await redis.set(marker_key(prefix), _now_text())
+            await redis.set(marker_key(prefix), f"{snapshot_after:.6f}")
             return RebuildReport(None, 0, 0, 0, time.monotonic() - started)
         since = newest - timedelta(seconds=REACH_S)
         total: int = await conn.fetchval(
@@ -148,14 +151,10 @@ async def rebuild(
         applied += await store.apply_labels(
             [(r["terminal_id"], r["transaction_id"], r["t"], r["fraud"]) for r in chunk]
         )
-    await redis.set(marker_key(prefix), _now_text())
+    await redis.set(marker_key(prefix), f"{snapshot_after:.6f}")
     report = RebuildReport(since, done, len(labels), applied, time.monotonic() - started)
     log.info("online features rebuilt from PostgreSQL: %s", report.as_dict())
     return report
-
-
-def _now_text() -> str:
-    return datetime.now(UTC).isoformat()
 
 
 def run_rebuild(args: Any) -> int:

@@ -35,11 +35,18 @@ import numpy.typing as npt
 
 from sankofa.engine import constants as C
 from sankofa.engine.decision import DecisionPolicy, decide
-from sankofa.engine.features_online import ADDED_CUSTOMER, ADDED_TERMINAL, FeatureStore
+from sankofa.engine.feature_guard import FeatureGuard
+from sankofa.engine.features_online import (
+    ADDED_CUSTOMER,
+    ADDED_TERMINAL,
+    FeatureStore,
+    degraded_matrix,
+)
 from sankofa.engine.serving import ScoringModel, model_version, own_policy
 from sankofa.engine.transaction import Transaction
 from sankofa.errors import (
     ConflictError,
+    FeatureStoreUnavailableError,
     OutcomeUnknownError,
     SankofaError,
     StorageUnavailableError,
@@ -47,6 +54,7 @@ from sankofa.errors import (
 )
 from sankofa.metrics import Metrics
 from sankofa.queues.dispatcher import Job
+from sankofa.queues.priority import Priority
 from sankofa.store import repository as repo
 
 log = logging.getLogger(__name__)
@@ -119,6 +127,8 @@ class ScoringEngine:
         now: Callable[[], float] = time.monotonic,
         metrics: Metrics | None = None,
         shadow: ScoringModel | None = None,
+        guard: FeatureGuard | None = None,
+        fail_closed: frozenset[Priority] = frozenset(),
     ) -> None:
         if not db_timeout_s > 0:
             raise ValueError("db_timeout_s must be > 0")
@@ -131,6 +141,8 @@ class ScoringEngine:
         self._db_timeout_s = db_timeout_s
         self._now = now
         self._metrics = metrics
+        self._guard = guard
+        self._fail_closed = fail_closed
         self.db_transactions = 0
 
     @property
@@ -188,6 +200,10 @@ class ScoringEngine:
     ) -> list[list[DecisionOut] | BaseException]:
         results: list[list[DecisionOut] | BaseException | None] = [None] * len(jobs)
         plan = self._plan(jobs, {}, results)  # repeats within the batch
+        guard = self._guard
+        degraded = guard is not None and guard.degraded
+        if degraded:
+            plan = self._close(jobs, plan, results)
         new_txs = [tx for _, tx in plan]
         new_job = [j for j, _ in plan]
         flags: npt.NDArray[np.int64] | None = None
@@ -202,12 +218,35 @@ class ScoringEngine:
         budget_s = min(self._db_timeout_s, min(job.deadline for job in jobs) - loop.time())
         try:
             async with asyncio.timeout(max(budget_s, 0.0)):
-                counting = bool(new_txs)
-                if self._metrics is not None and new_txs:
-                    self._metrics.redis_round_trips.inc()
-                online = await self._features.compute(new_txs)
-                flags = online.flags
-                records, outs = self._decide(jobs, new_txs, new_job, online.matrix, started)
+                matrix: npt.NDArray[np.float64] | None = None
+                if guard is None or guard.available:
+                    counting = bool(new_txs)
+                    if self._metrics is not None and new_txs:
+                        self._metrics.redis_round_trips.inc()
+                    try:
+                        online = await self._features.compute(new_txs)
+                        flags, matrix = online.flags, online.matrix
+                    except FeatureStoreUnavailableError:
+                        if guard is None:
+                            raise
+                        # Score without it (a circuit breaker: the next batches do
+                        # not wait for Redis either, until the guard reaches it).
+                        guard.redis_failed()
+                        log.warning("Redis unavailable: scoring on degraded features")
+                        counting = False
+                        if not degraded:
+                            degraded = True
+                            plan = self._close(jobs, plan, results)
+                            new_txs = [tx for _, tx in plan]
+                            new_job = [j for j, _ in plan]
+                if matrix is None or flags is None:
+                    # Redis never counted these: every id may be a replay (0 = "held",
+                    # looked up in the database), and a rebuild must add them.
+                    flags = np.zeros(len(new_txs), dtype=np.int64)
+                    matrix = degraded_matrix(new_txs)
+                records, outs = self._decide(
+                    jobs, new_txs, new_job, matrix, started, degraded=degraded
+                )
                 async with self._pool.acquire() as conn, _discard_on_failure(conn):
                     # An id the feature store already held is most likely a replay:
                     # only those need a look in the database before the write.
@@ -270,6 +309,10 @@ class ScoringEngine:
                 )
                 return [err] * len(jobs)
             raise
+        if guard is not None and not counting and any(keep):
+            guard.scored_without_redis()
+        if degraded and self._metrics is not None:
+            self._metrics.degraded_decisions.inc(sum(keep))
         assert flags is not None or not new_txs
         if flags is not None:
             # Counted in Redis but not stored now: refused requests, and replays
@@ -326,6 +369,26 @@ class ScoringEngine:
             for tx, j in zip(txs, job_of, strict=True)
         ]
 
+    def _close(
+        self,
+        jobs: Sequence[ScoreJob],
+        plan: list[tuple[int, Transaction]],
+        results: list[list[DecisionOut] | BaseException | None],
+    ) -> list[tuple[int, Transaction]]:
+        """Refuse the jobs of the classes that fail closed while features are degraded."""
+        closed = {
+            j
+            for j, job in enumerate(jobs)
+            if results[j] is None and job.priority in self._fail_closed
+        }
+        for j in closed:
+            results[j] = FeatureStoreUnavailableError(
+                "online features unavailable (Redis down, or its histories being rebuilt);"
+                f" {jobs[j].priority.label} requests are refused until they are back",
+                retry_after_s=1.0,
+            )
+        return [(j, tx) for j, tx in plan if j not in closed]
+
     def _plan(
         self,
         jobs: Sequence[ScoreJob],
@@ -369,12 +432,17 @@ class ScoringEngine:
         job_of: list[int],
         x: npt.NDArray[np.float64],
         started: float,
+        *,
+        degraded: bool = False,
     ) -> tuple[list[repo.Record], list[DecisionOut]]:
         """Rows to store and answers to give, built together in one pass."""
         if not txs:
             return [], []
         scores, contributions, fallback = self._model.predict(x)
         d = decide(self._policy, scores, contributions, self._model.contribution_names, fallback)
+        if degraded:
+            for r in d.reasons:
+                r.insert(0, C.REASON_FEATURES_DEGRADED)
         shadow_scores, shadow_decisions, shadow_version = self._shadow_decide(x)
         processing_ms = round((self._now() - started) * 1000.0, 3)
         batch_size = sum(len(job.payload.transactions) for job in jobs)
