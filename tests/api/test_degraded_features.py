@@ -121,3 +121,34 @@ async def test_a_lost_history_flags_decisions_until_rebuilt(
         headers={"x-priority": "low"},
     )
     assert after.status_code == 200 and C.REASON_FEATURES_DEGRADED not in after.json()["reasons"]
+
+
+async def test_labels_while_redis_is_away_are_kept_and_applied_by_the_rebuild(
+    client: httpx.AsyncClient, services: Any, db: asyncpg.Connection
+) -> None:
+    guard = services.guard
+    await guard.stop()
+    assert (await client.post("/v1/transactions", json=tx(1))).status_code == 200
+    guard.redis_failed()
+    r = await client.post(
+        "/v1/labels", json={"labels": [{"transaction_id": "tx-1", "fraud": True}]}
+    )
+    assert r.status_code == 200, r.text  # stored in PostgreSQL: not lost, not refused
+    assert await db.fetchval("SELECT fraud FROM labels WHERE transaction_id = 'tx-1'") is True
+    # A degraded decision reads back with its unknown history as null, never NaN.
+    d = await client.post("/v1/transactions", json=tx(2, timestamp="2018-04-01T10:01:00-03:00"))
+    view = (await client.get("/v1/transactions/tx-2")).json()
+    assert d.json()["reasons"][0] == C.REASON_FEATURES_DEGRADED
+    features = view["decision"]["features"]
+    assert features[0] == 48.7 and None in features
+    await guard.check()
+    assert guard._rebuild_task is not None
+    await guard._rebuild_task
+    await guard.check()
+    assert guard.complete
+    # The rebuild put the label in the terminal's history.
+    from sankofa.engine.features_online import id_hash
+
+    blob = await services.redis.get(services.features.terminal_key("term-1"))
+    at = blob.find(id_hash("tx-1"))
+    assert at % 24 == 8 and blob[at + 8 : at + 16] == b"\x00\x00\x00\x00\x00\x00\xf0\x3f"  # 1.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 from typing import Any, Final
 
@@ -130,9 +131,16 @@ async def post_labels(request: Request) -> Response:
                     )
     except DB_DOWN as exc:
         raise StorageUnavailableError(f"storage unavailable: {type(exc).__name__}") from exc
-    # Stored durably; now visible to terminal-risk features. If Redis is down the
-    # client gets a 503 and retries: storing a label again changes nothing.
-    await s.features.apply_labels(applied)
+    # Stored durably; now visible to terminal-risk features. If Redis cannot take
+    # them, the labels are not lost: the guard rebuilds the histories from
+    # PostgreSQL, labels included, once Redis answers.
+    try:
+        if not s.guard.available:
+            raise FeatureStoreUnavailableError("Redis unavailable")
+        await s.features.apply_labels(applied)
+    except FeatureStoreUnavailableError:
+        s.guard.redis_failed()
+        s.guard.scored_without_redis()
     return _json({"received": len(labels), "applied": len(applied)})
 
 
@@ -184,7 +192,9 @@ def _transaction_view(row: dict[str, Any]) -> dict[str, Any]:
             "risk_level": row["risk_level"],
             "reasons": list(row["reasons"]),
             "model_version": row["model_version"],
-            "features": list(row["features"]),
+            # null: unknown when decided (a history Redis could not give, flagged
+            # FEATURES_DEGRADED); JSON has no NaN, and a made-up number would lie.
+            "features": [v if math.isfinite(v) else None for v in row["features"]],
             "priority": row["priority"],
             "queue_ms": row["queue_ms"],
             "processing_ms": row["processing_ms"],
