@@ -3,14 +3,25 @@ OpenAPI schema, valid and invalid, and sends them to the real service over HTTP
 (real PostgreSQL and Redis). No answer may be a 5xx, and every answer must match
 the schema: its documented status codes, content type and body.
 
+This is about input, not load: the service runs with shedding at the door off
+(on a shared machine, another process's CPU shows up as event-loop lag, and the
+door would refuse normal and low with 503s that say nothing about the input).
+One 5xx is documented behaviour rather than a fault: a request that set its own
+budget (``X-Request-Timeout-Ms``, at least 50 ms) and did not get scored and
+committed within it is answered 504/503 with Retry-After and a problem type;
+such answers are counted and checked against the schema.
+
 At least 1,000 cases per run: ``CASES_PER_OPERATION`` for each scoring and label
 operation, fewer for the bodiless GETs; the session's total is asserted at the end.
 """
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 import schemathesis
@@ -28,6 +39,8 @@ from sankofa.api.app import create_app
 from sankofa.settings import Settings
 
 CASES_PER_OPERATION = 250
+#: Answers to requests whose own budget ran out (see the module docstring).
+BUDGET_EXPIRED: Counter[int] = Counter()
 #: Every case sent, by operation and status, for the total asserted at the end.
 SENT: Counter[tuple[str, int]] = Counter()
 
@@ -49,9 +62,47 @@ def at_least_a_thousand_cases() -> Iterator[None]:
         by_status = Counter[int]()
         for (_, status), n in SENT.items():
             by_status[status] += n
-        print(f"schemathesis: {total} cases, by status {dict(sorted(by_status.items()))}")
+        print(
+            f"schemathesis: {total} cases, by status {dict(sorted(by_status.items()))};"
+            f" own budget expired: {dict(BUDGET_EXPIRED)}"
+        )
         if len({op for op, _ in SENT}) == len(list(schema.get_all_operations())):
             assert total >= 1000, total
+
+
+@pytest.fixture
+def live_server(settings: Settings, tmp_path: Path) -> Iterator[LiveServer]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SANKOFA_")}
+    env.update(
+        {
+            "SANKOFA_ENVIRONMENT": "test",
+            "SANKOFA_DATABASE_URL": settings.database_url or "",
+            "SANKOFA_REDIS_URL": settings.redis_url or "",
+            "SANKOFA_REDIS_PREFIX": settings.redis_prefix,
+            "SANKOFA_HMAC_KEY": settings.hmac_key.get_secret_value(),
+            "SANKOFA_LOG_LEVEL": "warning",
+            "SANKOFA_SHED_LAG_MS_HIGH": "0",
+            "SANKOFA_SHED_LAG_MS_NORMAL": "0",
+            "SANKOFA_SHED_LAG_MS_LOW": "0",
+        }
+    )
+    server = LiveServer(env, tmp_path / "server.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def budget_expired(case: schemathesis.Case, response: Any) -> bool:
+    """A 503/504 problem with Retry-After to a request that set its own budget."""
+    headers = {k.lower() for k in (case.headers or {})}
+    return (
+        response.status_code in (503, 504)
+        and "x-request-timeout-ms" in headers
+        and "retry-after" in response.headers
+        and response.headers.get("content-type") == "application/problem+json"
+    )
 
 
 @schema.parametrize()
@@ -64,5 +115,10 @@ def at_least_a_thousand_cases() -> Iterator[None]:
 def test_generated_requests_get_documented_answers_and_no_5xx(
     case: schemathesis.Case, live_server: LiveServer
 ) -> None:
-    response = case.call_and_validate(base_url=live_server.url, checks=CHECKS, timeout=30)
+    response = case.call(base_url=live_server.url, timeout=30)
     SENT[(f"{case.method} {case.path}", response.status_code)] += 1
+    if budget_expired(case, response):
+        BUDGET_EXPIRED[response.status_code] += 1
+        case.validate_response(response, checks=CHECKS[1:])  # all but "not a 5xx"
+        return
+    case.validate_response(response, checks=CHECKS)

@@ -18,7 +18,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -32,7 +31,7 @@ import httpx
 import numpy as np
 import redis as redis_sync
 
-from conftest import FIXTURES, free_port
+from conftest import FIXTURES, LiveServer, free_port
 from servers import redis_binary
 
 SLICE = FIXTURES / "handbook-slice.csv.gz"
@@ -205,13 +204,10 @@ class DelayProxy:
 # -- the service ----------------------------------------------------------------------
 
 
-class Service:
+class Service(LiveServer):
     """``sankofa serve`` in its own process against the given servers."""
 
     def __init__(self, database_url: str, redis_url: str, log_path: Path, **settings: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
         env = {k: v for k, v in os.environ.items() if not k.startswith("SANKOFA_")}
         env.update(
             {
@@ -224,28 +220,10 @@ class Service:
                 **{f"SANKOFA_{k.upper()}": v for k, v in settings.items()},
             }
         )
-        self.env = env
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(env, log_path)
 
     def start(self, timeout_s: float = 60.0) -> None:
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "sankofa.cli", "serve", "--port", str(self.port)],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"service exited: {self.log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/health/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"service not ready: {self.log_path.read_text()[-3000:]}")
+        super().start(timeout_s)
 
     def metric(self, name: str) -> float:
         """A counter's value from /metrics (0 if it has no sample yet)."""

@@ -190,6 +190,13 @@ def replay_in_two_parts(
     return report
 
 
+def assert_published_features(database_url: str) -> None:
+    result = compare_slice(database_url)
+    assert result.rows_stored > 10_000
+    assert result.values_compared > 10_000
+    assert result.values_unexplained == 0, result.examples
+
+
 def test_rebuild_after_redis_is_lost_gives_the_published_features(
     live_server: LiveServer, settings: Settings, database_url: str, tmp_path: Path
 ) -> None:
@@ -200,10 +207,7 @@ def test_rebuild_after_redis_is_lost_gives_the_published_features(
         assert client.exists(marker_key(settings.redis_prefix))
     finally:
         client.close()
-    result = compare_slice(database_url)
-    assert result.rows_stored > 10_000
-    assert result.values_compared > 10_000
-    assert result.values_unexplained == 0, result.examples
+    assert_published_features(database_url)
 
 
 def test_the_service_notices_and_rebuilds_by_itself(
@@ -212,10 +216,7 @@ def test_the_service_notices_and_rebuilds_by_itself(
     """No operator: the running service sees the marker gone, rebuilds from PostgreSQL,
     and the rest of the replay stores the published features."""
     replay_in_two_parts(live_server, settings, tmp_path, with_rebuild=False, automatic=True)
-    result = compare_slice(database_url)
-    assert result.rows_stored > 10_000
-    assert result.values_compared > 10_000
-    assert result.values_unexplained == 0, result.examples
+    assert_published_features(database_url)
 
 
 def test_without_the_rebuild_the_features_are_wrong(
@@ -235,6 +236,17 @@ def test_rebuild_refuses_a_batch_below_one(batch: int) -> None:
         asyncio.run(rebuild(None, None, None, "p", batch=batch))  # type: ignore[arg-type]
 
 
+def run_rebuild_command(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sankofa.cli", "features", "rebuild", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 def test_features_rebuild_command(
     live_server: LiveServer, settings: Settings, tmp_path: Path
 ) -> None:
@@ -243,15 +255,7 @@ def test_features_rebuild_command(
     url = settings.redis_url or ""
     before = histories(url, settings.redis_prefix)
     empty_redis(url, settings.redis_prefix)
-    env = {k: v for k, v in live_server.env.items()}
-    done = subprocess.run(
-        [sys.executable, "-m", "sankofa.cli", "features", "rebuild", "--batch", "300"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = run_rebuild_command(live_server.env, "--batch", "300")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["transactions"] > 1000
@@ -259,13 +263,6 @@ def test_features_rebuild_command(
     since = datetime.fromisoformat(report["since"]).timestamp()
     assert within_reach(histories(url, settings.redis_prefix), since) == within_reach(before, since)
     # Run twice: nothing counted twice.
-    again = subprocess.run(
-        [sys.executable, "-m", "sankofa.cli", "features", "rebuild"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    again = run_rebuild_command(live_server.env)
     assert again.returncode == 0, again.stderr
     assert within_reach(histories(url, settings.redis_prefix), since) == within_reach(before, since)
