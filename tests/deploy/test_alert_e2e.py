@@ -3,7 +3,8 @@ them, the shipped error-rate rule, a real Alertmanager with the shipped routing,
 and a webhook receiver on loopback standing in for the on-call channels.
 
 The fault: one of two instances loses its Redis (a private redis-server, stopped
-under it), so it answers its scoring requests 503 while the other answers 200;
+under it) and is configured to fail closed for every class without it, so it
+answers its scoring requests 503 while the other answers 200;
 the error rate over both is far above 1 %. The rule's 5-minute window and
 2-minute `for` become 10 s and 2 s, and the routes' waits 1 s, so that the
 alert arrives in seconds; the expressions and the route tree are the shipped
@@ -142,7 +143,16 @@ def test_error_rate_alert_reaches_the_on_call_webhook(
         # The instance that will fail: ready on its own Redis, which then stops.
         redis_stack = stack.enter_context(contextlib.ExitStack())
         redis_url = redis_stack.enter_context(private_redis(tmp_path))
-        faulty = LiveServer({**live_server.env, "SANKOFA_REDIS_URL": redis_url}, tmp_path / "f.log")
+        # Every class fails closed without Redis (the default fails only low closed
+        # and scores the rest on degraded features): its answers become 503s.
+        faulty = LiveServer(
+            {
+                **live_server.env,
+                "SANKOFA_REDIS_URL": redis_url,
+                "SANKOFA_FEATURES_FAIL_CLOSED": "critical,high,normal,low",
+            },
+            tmp_path / "f.log",
+        )
         faulty.start()
         stack.callback(faulty.stop)
 

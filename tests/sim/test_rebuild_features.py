@@ -51,8 +51,8 @@ def histories(url: str, prefix: str) -> dict[bytes, list[bytes]]:
     try:
         out: dict[bytes, list[bytes]] = {}
         for key in client.scan_iter(match=f"{prefix}:*", count=1000):
-            if key == marker_key(prefix).encode():
-                continue
+            if b":c:" not in key and b":t:" not in key:
+                continue  # the rebuild marker and its lock
             blob = client.get(key) or b""
             out[key] = sorted(blob[i : i + 24] for i in range(0, len(blob), 24))
         return out
