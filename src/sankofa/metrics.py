@@ -127,6 +127,12 @@ class Metrics:
         self.shed = Counter(
             "sankofa_shed", "Requests refused by admission control (503)", ["priority"], registry=r
         )
+        self.door_shed = Counter(
+            "sankofa_door_shed",
+            "Requests refused at the door (also in sankofa_shed), by the signal that refused them",
+            ["priority", "signal"],
+            registry=r,
+        )
         self.expired = Counter(
             "sankofa_expired",
             "Requests whose deadline passed in the queue (504)",
@@ -218,6 +224,9 @@ class Metrics:
 
     def shed_one(self, priority: str) -> None:
         self._shed[priority].inc()
+
+    def door_shed_one(self, priority: str, signal: str) -> None:
+        self.door_shed.labels(priority, signal).inc()
 
     def expired_one(self, priority: str) -> None:
         self._expired[priority].inc()

@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     shed_in_progress_high: int = Field(default=96, ge=0)
     shed_in_progress_normal: int = Field(default=48, ge=0)
     shed_in_progress_low: int = Field(default=24, ge=0)
+    #: A signal must stay above a class's limit this long before the door
+    #: refuses it: a stall's burst is queued, only sustained overload is shed.
+    shed_sustain_ms: float = Field(default=50.0, ge=0)
     drain_grace_s: float = Field(default=10.0, ge=0)
 
     # Pools and timeouts.

@@ -168,7 +168,9 @@ async def open_services(
         await body_deadlines.start()
         stack.push_async_callback(body_deadlines.stop)
         shedder = LoadShedder(
-            thresholds_s=shed_thresholds(settings), in_progress_limits=shed_limits(settings)
+            thresholds_s=shed_thresholds(settings),
+            in_progress_limits=shed_limits(settings),
+            sustain_s=settings.shed_sustain_ms / 1000,
         )
         await shedder.start()
         stack.push_async_callback(shedder.stop)

@@ -95,9 +95,11 @@ class EdgeMiddleware:
             counted = False
             if services is not None and scope["path"] in _SHEDDABLE and scope["method"] == "POST":
                 priority = _priority(x_priority, rfc_priority)
-                if priority is not None and services.shedder.refuses(priority):
+                signal = services.shedder.refuses(priority) if priority is not None else None
+                if priority is not None and signal is not None:
                     scope[PRIORITY_SCOPE_KEY] = priority.label
                     services.metrics.shed_one(priority.label)
+                    services.metrics.door_shed_one(priority.label, signal)
                     shed = OverloadedError(
                         f"the service is saturated; {priority.label} traffic is refused for now",
                         retry_after_s=1.0,
