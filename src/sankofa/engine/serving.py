@@ -3,7 +3,7 @@
 A model is anything with the ``ScoringModel`` shape; an artefact's format tag
 (``sankofa.logreg/1``, ``sankofa.gbdt/1``) says which class reads it. The
 default is the shipped tree ensemble, the best model on the handbook's
-protocols (docs/detection.md); the logistic regression ships beside it as the
+protocols (docs/model.md); the logistic regression ships beside it as the
 baseline, and either can serve as champion or shadow.
 """
 

@@ -7,7 +7,7 @@ LightGBM's deterministic mode.
 The hyperparameters (``DEFAULT_PARAMS``, ``DEFAULT_TREES``) were chosen by
 ``sankofa tune`` on the handbook's *validation* folds (training weeks from
 2018-07-11 back to 06-20), never on the test folds; the command and its
-report are in docs/detection.md.
+report are in docs/model.md.
 
 Calibration and thresholds use the week before the training week: held out
 from training, with all its labels known at deployment time (the week after
