@@ -13,6 +13,8 @@ Cheap on the hot path: labelled children are bound once and reused, gauges
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from typing import Any, Final
 
 from prometheus_client import (
@@ -127,6 +129,13 @@ class Metrics:
         self.shed = Counter(
             "sankofa_shed", "Requests refused by admission control (503)", ["priority"], registry=r
         )
+        self.gc_pause = Histogram(
+            "sankofa_gc_pause_seconds",
+            "Garbage-collector pauses of this worker, by generation (the event loop stops meanwhile)",
+            ["generation"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.door_shed = Counter(
             "sankofa_door_shed",
             "Requests refused at the door (also in sankofa_shed), by the signal that refused them",
@@ -224,6 +233,19 @@ class Metrics:
 
     def shed_one(self, priority: str) -> None:
         self._shed[priority].inc()
+
+    def gc_callback(self) -> Callable[[str, dict[str, int]], None]:
+        """A ``gc.callbacks`` entry timing each collection into ``sankofa_gc_pause_seconds``."""
+        children = {g: self.gc_pause.labels(str(g)) for g in range(3)}
+        started = [0.0]
+
+        def on_gc(phase: str, info: dict[str, int]) -> None:
+            if phase == "start":
+                started[0] = time.perf_counter()
+            else:
+                children[info["generation"]].observe(time.perf_counter() - started[0])
+
+        return on_gc
 
     def door_shed_one(self, priority: str, signal: str) -> None:
         self.door_shed.labels(priority, signal).inc()

@@ -119,3 +119,13 @@ def test_metrics_add_up_across_worker_processes(settings: Any, tmp_path: Path) -
         assert value(text, "sankofa_decisions_total") == 40
     finally:
         server.stop()
+
+
+async def test_garbage_collector_pauses_are_timed(client: httpx.AsyncClient) -> None:
+    import gc
+
+    before = value((await client.get("/metrics")).text, "sankofa_gc_pause_seconds_count")
+    gc.collect()  # a full collection in this process, which serves the app
+    text = (await client.get("/metrics")).text
+    assert value(text, "sankofa_gc_pause_seconds_count", generation="2") >= 1
+    assert value(text, "sankofa_gc_pause_seconds_count") > before

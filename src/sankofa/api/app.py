@@ -9,6 +9,7 @@ the rest is answered 503), then Redis and the pool close.
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import logging
 from collections.abc import AsyncIterator
@@ -174,6 +175,16 @@ async def open_services(
         )
         await shedder.start()
         stack.push_async_callback(shedder.stop)
+        # Everything loaded so far (modules, the app, the model) lives as long as the
+        # process. Freezing it keeps the collector's full passes from walking it again
+        # and again: measured, a full collection of a loaded worker's ~80,000 objects
+        # took 40-90 ms on a busy machine, with the event loop stopped (the soak saw
+        # p99 spikes of 100+ ms every minute), and under 1 ms after the freeze.
+        gc.collect()
+        gc.freeze()
+        on_gc = metrics.gc_callback()
+        gc.callbacks.append(on_gc)
+        stack.callback(gc.callbacks.remove, on_gc)
         yield Services(
             settings=settings,
             pool=pool,
