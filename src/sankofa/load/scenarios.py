@@ -900,6 +900,13 @@ def _plot(name: str, result: dict[str, Any], out: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         return
+    special = {"overload": _plot_overload, "soak": _plot_soak, "isolation": _plot_isolation}
+    if name in special:
+        fig = special[name](plt, result)
+        fig.tight_layout()
+        fig.savefig(out / f"scenario-{name}.png", dpi=110)
+        plt.close(fig)
+        return
     curves: dict[str, list[dict[str, Any]]] = {}
     if name == "baselines":
         curves = {
@@ -938,3 +945,72 @@ def _plot(name: str, result: dict[str, Any], out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out / f"scenario-{name}.png", dpi=110)
     plt.close(fig)
+
+
+def _plot_overload(plt: Any, result: dict[str, Any]) -> Any:
+    """The probe, second by second, with the flood's window shaded."""
+    rows = result["timeline"]
+    t = [r["s"] for r in rows]
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
+    ax1.plot(t, [r["p99_ms"] for r in rows], color="#aa3377", label="probe p99 per second")
+    ax1.axhline(result["normal_p99_ms"], color="grey", linestyle=":", label="normal (before)")
+    ax1.set_yscale("log")
+    ax1.set_ylabel("ms (log)")
+    ax1.legend(fontsize=7)
+    ax2.plot(t, [r["ok"] for r in rows], color="#228833", label="probe 200 per second")
+    ax2.plot(t, [r["errors"] for r in rows], color="#ee6677", label="probe 503/504 per second")
+    ax2.set_xlabel("seconds")
+    ax2.set_ylabel("requests")
+    ax2.legend(fontsize=7)
+    start, end = result["flood_window_s"]
+    for ax in (ax1, ax2):
+        ax.axvspan(start, end, color="#ffcc99", alpha=0.35)
+    ax1.set_title(
+        f"overload: {result['flood_rps']:,.0f} req/s for {result['flood_seconds']:g} s "
+        f"(3 x capacity, shaded) beside a {result['probe_rps']:,.0f} req/s probe"
+    )
+    return fig
+
+
+def _plot_soak(plt: Any, result: dict[str, Any]) -> Any:
+    """Latency per minute and every worker's RSS over the soak."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    minutes = result["per_minute"]
+    m = [r["minute"] for r in minutes]
+    ax1.plot(m, [r["p50_ms_median_second"] for r in minutes], marker="o", label="p50 (median s)")
+    ax1.plot(m, [r["p99_ms_worst_second"] for r in minutes], marker="o", label="p99 (worst s)")
+    ax1.set_xlabel("minute")
+    ax1.set_ylabel("ms (log)")
+    ax1.set_yscale("log")
+    ax1.set_title(f"soak at {result['rate_rps']:,.0f} req/s: latency per minute")
+    ax1.legend(fontsize=7)
+    for worker, series in result["rss_series"].items():
+        ax2.plot([p[0] / 60 for p in series], [p[2] for p in series], label=worker)
+    ax2.set_xlabel("minute")
+    ax2.set_ylabel("RSS MB")
+    ax2.set_ylim(bottom=0)
+    ax2.set_title("RSS per worker")
+    ax2.legend(fontsize=7)
+    return fig
+
+
+def _plot_isolation(plt: Any, result: dict[str, Any]) -> Any:
+    """Critical p50 / p99 alone and under the flood, on the shared port and the lane."""
+    fig, ax = plt.subplots(figsize=(8, 4))
+    labels, p50, p99 = [], [], []
+    for key, name in (("shared_port", "shared port"), ("critical_lane", "critical lane")):
+        if key not in result:
+            continue
+        for run, what in (("critical_alone", "alone"), ("critical_under_flood", "under flood")):
+            lat = result[key][run]["latency_ms"]
+            labels.append(f"{name}\n{what}")
+            p50.append(lat["p50"])
+            p99.append(lat["p99"])
+    x = range(len(labels))
+    ax.bar([i - 0.2 for i in x], p50, width=0.4, label="p50")
+    ax.bar([i + 0.2 for i in x], p99, width=0.4, label="p99")
+    ax.set_xticks(list(x), labels, fontsize=8)
+    ax.set_ylabel("critical latency ms")
+    ax.set_title("priority isolation: critical alone and beside normal + low at 2 x capacity")
+    ax.legend(fontsize=7)
+    return fig
