@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     #: A signal must stay above a class's limit this long before the door
     #: refuses it: a stall's burst is queued, only sustained overload is shed.
     shed_sustain_ms: float = Field(default=50.0, ge=0)
+    #: ... and serves it again once the signals have stayed clear this long
+    #: (shedding clears them itself; without it a flood is let in every 50 ms).
+    shed_release_ms: float = Field(default=200.0, ge=0)
     drain_grace_s: float = Field(default=10.0, ge=0)
 
     # Pools and timeouts.

@@ -69,6 +69,7 @@ async def test_signal_must_hold_on_every_sample_for_the_sustain_time() -> None:
             Priority.LOW: 10,
         },
         sustain_s=0.05,
+        release_s=0.0,
     )
     now = asyncio.get_running_loop().time()
     # In progress above low's and normal's limits, on every sample for 60 ms.
@@ -89,6 +90,23 @@ async def test_signal_must_hold_on_every_sample_for_the_sustain_time() -> None:
     assert shedder.refuses(Priority.LOW) is None
 
 
+async def test_a_refusing_class_is_served_again_only_after_the_release_time() -> None:
+    """Shedding clears its own signals; a flood must not be let in again at once."""
+    shedder = LoadShedder(
+        thresholds_s=THRESHOLDS,
+        in_progress_limits=dict.fromkeys(Priority, None),
+        sustain_s=0.05,
+        release_s=0.2,
+    )
+    now = asyncio.get_running_loop().time()
+    shedder.observe(0.5, now - 0.15)
+    shedder.observe(0.5, now - 0.10)  # over for 50 ms: refusing from here
+    shedder.observe(0.0, now - 0.05)  # then clear
+    assert shedder.refuses(Priority.LOW) == "lag"  # clear for only 50 ms
+    await asyncio.sleep(0.2)
+    assert shedder.refuses(Priority.LOW) is None  # clear for 250 ms: served again
+
+
 def test_thresholds_checked() -> None:
     with pytest.raises(ValueError):
         LoadShedder(thresholds_s={Priority.LOW: 1.0})
@@ -96,6 +114,8 @@ def test_thresholds_checked() -> None:
         LoadShedder(thresholds_s={**THRESHOLDS, Priority.LOW: -1.0})
     with pytest.raises(ValueError):
         LoadShedder(thresholds_s=THRESHOLDS, sustain_s=-1.0)
+    with pytest.raises(ValueError):
+        LoadShedder(thresholds_s=THRESHOLDS, release_s=-1.0)
 
 
 async def test_shed_requests_get_503_with_retry_after_before_parsing(

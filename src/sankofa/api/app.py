@@ -172,6 +172,7 @@ async def open_services(
             thresholds_s=shed_thresholds(settings),
             in_progress_limits=shed_limits(settings),
             sustain_s=settings.shed_sustain_ms / 1000,
+            release_s=settings.shed_release_ms / 1000,
         )
         await shedder.start()
         stack.push_async_callback(shedder.stop)

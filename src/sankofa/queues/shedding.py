@@ -18,7 +18,7 @@ Two signals measure that saturation directly, per worker process:
 While either has stayed above a class's limit on every sample for the last
 ``sustain_s`` (50 ms by default), new requests of that class are answered 503
 with Retry-After at once, in the outermost middleware, which costs a fraction
-of serving them. Lower classes have lower limits; critical is never refused
+of serving them, until the signals have stayed clear for ``release_s`` (200 ms). Lower classes have lower limits; critical is never refused
 here (its queue bound and deadline still apply).
 
 Why *sustained*: a worker at 70 % of its capacity still has short stalls (a
@@ -42,6 +42,8 @@ SAMPLE_EVERY_S = 0.005
 _ALPHA = 0.3
 #: Default time a signal must stay above a class's limit before it refuses.
 SUSTAIN_S = 0.05
+#: Default time a refusing class's signals must stay clear before it is served again.
+RELEASE_S = 0.2
 
 LAG = "lag"
 IN_PROGRESS = "in_progress"
@@ -56,6 +58,7 @@ class LoadShedder:
         thresholds_s: Mapping[Priority, float | None],
         in_progress_limits: Mapping[Priority, int | None] | None = None,
         sustain_s: float = SUSTAIN_S,
+        release_s: float = RELEASE_S,
     ) -> None:
         if set(thresholds_s) != set(Priority):
             raise ValueError("thresholds_s must name every priority class")
@@ -66,11 +69,12 @@ class LoadShedder:
         )
         if set(limits) != set(Priority) or any(v is not None and v < 1 for v in limits.values()):
             raise ValueError("in_progress_limits must give every class a limit >= 1 (or None)")
-        if sustain_s < 0:
-            raise ValueError("sustain_s must be >= 0")
+        if sustain_s < 0 or release_s < 0:
+            raise ValueError("sustain_s and release_s must be >= 0")
         self._thresholds = dict(thresholds_s)
         self._limits = limits
         self._sustain_s = sustain_s
+        self._release_s = release_s
         #: Smoothed lag, for reporting.
         self.lag_s = 0.0
         #: Scoring requests admitted and not yet answered, in this process.
@@ -79,6 +83,9 @@ class LoadShedder:
         #: limit, and by which signal; None while the class is within limits.
         self.over_since: dict[Priority, float | None] = dict.fromkeys(Priority)
         self.over_signal: dict[Priority, str] = dict.fromkeys(Priority, LAG)
+        #: Per class: since when every sample has been within limits (None while over).
+        self.clear_since: dict[Priority, float | None] = dict.fromkeys(Priority, 0.0)
+        self._refusing: dict[Priority, bool] = dict.fromkeys(Priority, False)
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -114,16 +121,34 @@ class LoadShedder:
                 signal = None
             if signal is None:
                 self.over_since[priority] = None
+                if self.clear_since[priority] is None:
+                    self.clear_since[priority] = now
             else:
                 if self.over_since[priority] is None:
                     self.over_since[priority] = now
+                self.clear_since[priority] = None
                 self.over_signal[priority] = signal
+            self._update(priority, now)
+
+    def _update(self, priority: Priority, now: float) -> bool:
+        """Enter refusal after ``sustain_s`` over; leave it after ``release_s`` clear."""
+        if self._refusing[priority]:
+            clear = self.clear_since[priority]
+            if clear is not None and now - clear >= self._release_s:
+                self._refusing[priority] = False
+        else:
+            over = self.over_since[priority]
+            if over is not None and now - over >= self._sustain_s:
+                self._refusing[priority] = True
+        return self._refusing[priority]
 
     def refuses(self, priority: Priority) -> str | None:
-        """The signal that refuses ``priority`` now (``lag`` or ``in_progress``), or None."""
-        since = self.over_since[priority]
-        if since is None:
-            return None
-        if asyncio.get_running_loop().time() - since < self._sustain_s:
-            return None
-        return self.over_signal[priority]
+        """The signal that refuses ``priority`` now (``lag`` or ``in_progress``), or None.
+
+        Shedding itself clears the signals (fewer requests in progress, a free
+        loop): without the release time a flood would be let in again at once,
+        for another ``sustain_s``, over and over.
+        """
+        if self._update(priority, asyncio.get_running_loop().time()):
+            return self.over_signal[priority]
+        return None
