@@ -42,24 +42,25 @@ async def test_lower_classes_are_refused_first_and_critical_never() -> None:
         await shedder.stop()
 
 
-async def test_isolated_stalls_are_not_overload() -> None:
+def test_isolated_stalls_are_not_overload() -> None:
     """A worker with short stalls between free periods (a GC pause, a slow commit)
     queues their burst; it does not refuse anyone (the soak's false alarms)."""
-    shedder = LoadShedder(thresholds_s=THRESHOLDS, sustain_s=0.05)
-    await shedder.start()
+    clock = [100.0]
+    shedder = LoadShedder(thresholds_s=THRESHOLDS, sustain_s=0.05, clock=lambda: clock[0])
     refused = 0
-    try:
-        for _ in range(8):
-            time.sleep(0.1)  # noqa: ASYNC251 - a stall far beyond every threshold
-            for _ in range(6):  # then free for ~30 ms
-                await asyncio.sleep(0.005)
-                refused += shedder.refuses(Priority.LOW) is not None
-    finally:
-        await shedder.stop()
+    for _ in range(8):
+        clock[0] += 0.1
+        shedder.observe(0.1, clock[0])  # a 100 ms stall: far beyond every threshold, once
+        refused += shedder.refuses(Priority.LOW) is not None
+        for _ in range(6):  # then free for 30 ms
+            clock[0] += 0.005
+            shedder.observe(0.0, clock[0])
+            refused += shedder.refuses(Priority.LOW) is not None
     assert refused == 0
 
 
-async def test_signal_must_hold_on_every_sample_for_the_sustain_time() -> None:
+def test_signal_must_hold_on_every_sample_for_the_sustain_time() -> None:
+    clock = [100.0]
     shedder = LoadShedder(
         thresholds_s=THRESHOLDS,
         in_progress_limits={
@@ -70,41 +71,47 @@ async def test_signal_must_hold_on_every_sample_for_the_sustain_time() -> None:
         },
         sustain_s=0.05,
         release_s=0.0,
+        clock=lambda: clock[0],
     )
-    now = asyncio.get_running_loop().time()
     # In progress above low's and normal's limits, on every sample for 60 ms.
     shedder.in_progress = 25
     for i in range(7):
-        shedder.observe(0.0, now - 0.06 + i * 0.01)
+        shedder.observe(0.0, 99.94 + i * 0.01)
     assert shedder.refuses(Priority.LOW) == "in_progress"
     assert shedder.refuses(Priority.NORMAL) == "in_progress"
     assert shedder.refuses(Priority.HIGH) is None
     # One sample within limits resets the class.
     shedder.in_progress = 5
-    shedder.observe(0.0, now)
+    shedder.observe(0.0, 100.0)
     assert shedder.refuses(Priority.LOW) is None
     # Over again, but only for 20 ms: not yet sustained.
     shedder.in_progress = 25
-    shedder.observe(0.0, now - 0.02)
-    shedder.observe(0.0, now)
+    clock[0] = 100.03
+    shedder.observe(0.0, 100.01)
+    shedder.observe(0.0, 100.03)
     assert shedder.refuses(Priority.LOW) is None
+    clock[0] = 100.07  # 60 ms
+    assert shedder.refuses(Priority.LOW) == "in_progress"
 
 
-async def test_a_refusing_class_is_served_again_only_after_the_release_time() -> None:
+def test_a_refusing_class_is_served_again_only_after_the_release_time() -> None:
     """Shedding clears its own signals; a flood must not be let in again at once."""
+    clock = [100.0]
     shedder = LoadShedder(
         thresholds_s=THRESHOLDS,
         in_progress_limits=dict.fromkeys(Priority, None),
         sustain_s=0.05,
         release_s=0.2,
+        clock=lambda: clock[0],
     )
-    now = asyncio.get_running_loop().time()
-    shedder.observe(0.5, now - 0.15)
-    shedder.observe(0.5, now - 0.10)  # over for 50 ms: refusing from here
-    shedder.observe(0.0, now - 0.05)  # then clear
+    shedder.observe(0.5, 99.85)
+    shedder.observe(0.5, 99.90)  # over for 50 ms: refusing from here
+    shedder.observe(0.0, 99.95)  # then clear
     assert shedder.refuses(Priority.LOW) == "lag"  # clear for only 50 ms
-    await asyncio.sleep(0.2)
-    assert shedder.refuses(Priority.LOW) is None  # clear for 250 ms: served again
+    clock[0] = 100.1
+    assert shedder.refuses(Priority.LOW) == "lag"  # 150 ms
+    clock[0] = 100.2
+    assert shedder.refuses(Priority.LOW) is None  # 250 ms: served again
 
 
 def test_thresholds_checked() -> None:

@@ -32,7 +32,7 @@ stall's burst does not, so it is queued and served instead.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from sankofa.queues.priority import Priority
 
@@ -59,6 +59,7 @@ class LoadShedder:
         in_progress_limits: Mapping[Priority, int | None] | None = None,
         sustain_s: float = SUSTAIN_S,
         release_s: float = RELEASE_S,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         if set(thresholds_s) != set(Priority):
             raise ValueError("thresholds_s must name every priority class")
@@ -75,6 +76,8 @@ class LoadShedder:
         self._limits = limits
         self._sustain_s = sustain_s
         self._release_s = release_s
+        #: The event loop's clock unless a test injects one.
+        self._clock = clock if clock is not None else _loop_time
         #: Smoothed lag, for reporting.
         self.lag_s = 0.0
         #: Scoring requests admitted and not yet answered, in this process.
@@ -100,11 +103,10 @@ class LoadShedder:
                 pass
 
     async def _watch(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            expected = loop.time() + SAMPLE_EVERY_S
+            expected = self._clock() + SAMPLE_EVERY_S
             await asyncio.sleep(SAMPLE_EVERY_S)
-            now = loop.time()
+            now = self._clock()
             self.observe(max(0.0, now - expected), now)
 
     def observe(self, late_s: float, now: float) -> None:
@@ -149,6 +151,10 @@ class LoadShedder:
         loop): without the release time a flood would be let in again at once,
         for another ``sustain_s``, over and over.
         """
-        if self._update(priority, asyncio.get_running_loop().time()):
+        if self._update(priority, self._clock()):
             return self.over_signal[priority]
         return None
+
+
+def _loop_time() -> float:
+    return asyncio.get_running_loop().time()
