@@ -198,6 +198,20 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=r,
         )
+        self.reads = Counter(
+            "sankofa_db_reads",
+            "Reads (GET endpoints) answered, by the server that answered: replica or primary",
+            ["server"],
+            registry=r,
+        )
+        self.replica_fallbacks = Counter(
+            "sankofa_replica_fallbacks",
+            "Reads sent to the primary although a replica is configured: not_found (the"
+            " replica may lag behind a write), error (down, failed or too slow), skipped"
+            " (shortly after an error)",
+            ["reason"],
+            registry=r,
+        )
         self._request_children: dict[tuple[str, int, str], Any] = {}
         self._latency_children: dict[tuple[str, str], Any] = {}
         self._wait = {p: self.queue_wait.labels(p) for p in PRIORITY_NAMES}
@@ -205,6 +219,11 @@ class Metrics:
         self._expired = {p: self.expired.labels(p) for p in PRIORITY_NAMES}
         self._depth = {p: self.queue_depth.labels(p) for p in PRIORITY_NAMES}
         self._decision = {d: self.decisions.labels(d) for d in ("approve", "review", "decline")}
+        # Bound up front: every series exists at 0, so rates and alerts see them.
+        self._fallback = {
+            r: self.replica_fallbacks.labels(r) for r in ("not_found", "error", "skipped")
+        }
+        self._read = {s: self.reads.labels(s) for s in ("replica", "primary")}
 
     # -- hot path ---------------------------------------------------------------
 
@@ -230,6 +249,12 @@ class Metrics:
         for name, n in decisions.items():
             if n:
                 self._decision[name].inc(n)
+
+    def replica_fallback(self, reason: str) -> None:
+        self._fallback[reason].inc()
+
+    def read_answered(self, server: str) -> None:
+        self._read[server].inc()
 
     def shed_one(self, priority: str) -> None:
         self._shed[priority].inc()

@@ -26,6 +26,9 @@ class Settings(BaseSettings):
 
     # Where the state lives. Unset URLs mean: start embedded servers (``make run``).
     database_url: str | None = None
+    #: A streaming replica of ``database_url``: reads (GET endpoints, reports) go
+    #: there, writes to the primary. Unset: everything reads the primary.
+    database_replica_url: str | None = None
     redis_url: str | None = None
     data_dir: Path = Path(".sankofa")
     redis_prefix: str = Field(default="sk", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
@@ -93,6 +96,14 @@ class Settings(BaseSettings):
     db_pool_min: int = Field(default=2, ge=1)
     db_pool_max: int = Field(default=8, ge=1)
     db_timeout_s: float = Field(default=5.0, gt=0)
+    #: The replica's pool: reads only (a primary-key lookup each), so smaller.
+    db_replica_pool_max: int = Field(default=4, ge=1)
+    #: A replica read slower than this is abandoned and served by the primary:
+    #: the replica is an optimisation, never a reason to answer late.
+    db_replica_timeout_s: float = Field(default=0.5, gt=0)
+    #: After a replica failure, reads skip it for this long (straight to the
+    #: primary) instead of paying the timeout on every request.
+    db_replica_retry_s: float = Field(default=1.0, ge=0)
     redis_pool_max: int = Field(default=16, ge=1)
     redis_timeout_s: float = Field(default=2.0, gt=0)
     #: Idle customer/terminal feature keys expire after this long (wall clock);

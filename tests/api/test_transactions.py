@@ -371,6 +371,7 @@ async def test_health_and_docs(client: httpx.AsyncClient) -> None:
             "redis": True,
             "features_complete": True,
         },
+        "replica": "not_configured",
     }
     assert (await client.get("/docs")).status_code == 200
     spec = (await client.get("/openapi.json")).json()

@@ -1,6 +1,7 @@
 """The application factory and the lifespan that owns every resource.
 
-Start order: PostgreSQL pool (and migrations), Redis client, feature store,
+Start order: PostgreSQL pool (and migrations), the read replica's pool (when
+one is configured; store/reads.py), Redis client, feature store,
 model (and the shadow model, when one is set), scoring engine, dispatcher. Shutdown runs in reverse: the dispatcher
 drains first (intake stops, queued work is served until the grace deadline,
 the rest is answered 503), then Redis and the pool close.
@@ -41,6 +42,7 @@ from sankofa.queues.priority import Priority, parse_x_priority
 from sankofa.queues.shedding import LoadShedder
 from sankofa.settings import Settings
 from sankofa.store.db import create_pool, migrate
+from sankofa.store.reads import ReadPools
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +116,19 @@ async def open_services(
         stack.push_async_callback(pool.close)
         async with pool.acquire() as conn:
             await migrate(conn)
+        metrics = Metrics()
+        reads = ReadPools(
+            primary=pool,
+            replica=await _replica_pool(settings, stack),
+            primary_timeout_s=settings.db_timeout_s,
+            replica_timeout_s=settings.db_replica_timeout_s,
+            retry_s=settings.db_replica_retry_s,
+            on_fallback=metrics.replica_fallback,
+            on_read=metrics.read_answered,
+        )
+        if reads.replica is not None:
+            state = await reads.replica_state(settings.db_replica_timeout_s)
+            log.info("read replica configured: %s", state)
 
         redis = redis_client(settings)
         stack.push_async_callback(redis.aclose)
@@ -123,7 +138,6 @@ async def open_services(
             timeout_s=settings.redis_timeout_s,
             key_ttl_s=settings.feature_key_ttl_s,
         )
-        metrics = Metrics()
         served = model if model is not None else load_model(settings.model_path)
         policy: DecisionPolicy = policy_for(served, settings)
         shadow = (
@@ -189,6 +203,7 @@ async def open_services(
         yield Services(
             settings=settings,
             pool=pool,
+            reads=reads,
             redis=redis,
             features=features,
             parser=TransactionParser(
@@ -203,6 +218,25 @@ async def open_services(
             shedder=shedder,
             guard=guard,
         )
+
+
+async def _replica_pool(settings: Settings, stack: AsyncExitStack) -> asyncpg.Pool | None:
+    """The read replica's pool, or None when no replica is configured.
+
+    No connection is opened here (min_size 0): a replica that is down must not
+    keep the service from starting, since the primary can answer every read.
+    Connections are made on first use and kept while in use.
+    """
+    if settings.database_replica_url is None:
+        return None
+    pool = await create_pool(
+        settings.database_replica_url,
+        min_size=0,
+        max_size=settings.db_replica_pool_max,
+        timeout_s=settings.db_replica_timeout_s,
+    )
+    stack.push_async_callback(pool.close)
+    return pool
 
 
 #: How often gauges (queue depth, pool use) are sampled.

@@ -157,9 +157,9 @@ async def get_transaction(request: Request, transaction_id: str) -> Response:
             [FieldIssue("transaction_id", "must be 1-64 characters of A-Z a-z 0-9 . _ : -")]
         )
     try:
-        async with asyncio.timeout(s.settings.db_timeout_s):
-            async with s.pool.acquire() as conn:
-                row = await repo.get_transaction(conn, transaction_id)
+        # The replica when configured; the primary if it lags (not found there)
+        # or fails, so a transaction just answered 200 is never a 404 here.
+        row = await s.reads.fetch(lambda conn: repo.get_transaction(conn, transaction_id))
     except DB_DOWN as exc:
         raise StorageUnavailableError(f"storage unavailable: {type(exc).__name__}") from exc
     if row is None:
@@ -207,6 +207,8 @@ def _transaction_view(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+#: Longest wait for the replica's answer to a readiness probe.
+_REPLICA_PROBE_S: Final = 0.5
 _TEXT_PLAIN: Final = {"text/plain": {"schema": {"type": "string"}}}
 _READY_SCHEMA: Final = {
     "type": "object",
@@ -214,6 +216,12 @@ _READY_SCHEMA: Final = {
     "properties": {
         "status": {"type": "string", "enum": ["ready", "ready-degraded", "not-ready"]},
         "checks": {"type": "object", "additionalProperties": {"type": "boolean"}},
+        "replica": {
+            "type": "string",
+            "enum": ["ok", "unavailable", "not_configured"],
+            "description": "The read replica, reported only: the primary answers every"
+            " read when it is unavailable, so readiness never depends on it",
+        },
     },
 }
 
@@ -257,7 +265,7 @@ async def live() -> Response:
 
 @router.get(
     "/health/ready",
-    summary="Ready to score: database, Redis, dispatcher",
+    summary="Ready to score: database, Redis, dispatcher (and the read replica, reported)",
     tags=["health"],
     response_class=Response,
     responses={
@@ -273,27 +281,35 @@ async def live() -> Response:
 async def ready(request: Request) -> Response:
     s = _services(request)
     checks: dict[str, bool] = {}
-    try:
-        async with asyncio.timeout(1.0):
-            async with s.pool.acquire() as conn:
-                checks["database"] = await conn.fetchval("SELECT 1") == 1
-    except DB_DOWN:
-        checks["database"] = False
-    checks["dispatcher"] = s.dispatcher.running
-    checks["accepting"] = not s.dispatcher.draining
-    ok = all(checks.values())
-    # Redis is reported, not required: without it the service still scores, on
-    # degraded features (the classes configured to fail closed get 503s). Taking
-    # every instance out of the load balancer because Redis is down would refuse
-    # every class instead.
-    try:
-        checks["redis"] = await s.features.ping()
-    except FeatureStoreUnavailableError:
-        checks["redis"] = False
-    checks["features_complete"] = s.guard.complete and s.guard.available
+    async with asyncio.TaskGroup() as probes:
+        # The replica is reported, never required: reads fall back to the primary,
+        # which the checks below cover. Probed meanwhile, so that a black-holed
+        # replica adds nothing to the probe's time (the orchestrator's timeout).
+        replica = probes.create_task(
+            s.reads.replica_state(min(_REPLICA_PROBE_S, s.settings.db_replica_timeout_s))
+        )
+        try:
+            async with asyncio.timeout(1.0):
+                async with s.pool.acquire() as conn:
+                    checks["database"] = await conn.fetchval("SELECT 1") == 1
+        except DB_DOWN:
+            checks["database"] = False
+        checks["dispatcher"] = s.dispatcher.running
+        checks["accepting"] = not s.dispatcher.draining
+        ok = all(checks.values())
+        # Redis is reported, not required: without it the service still scores, on
+        # degraded features (the classes configured to fail closed get 503s). Taking
+        # every instance out of the load balancer because Redis is down would refuse
+        # every class instead.
+        try:
+            checks["redis"] = await s.features.ping()
+        except FeatureStoreUnavailableError:
+            checks["redis"] = False
+        checks["features_complete"] = s.guard.complete and s.guard.available
     body = {
         "status": ("ready" if not s.guard.degraded else "ready-degraded") if ok else "not-ready",
         "checks": checks,
+        "replica": replica.result(),
     }
     if ok:
         return _json(body)

@@ -16,12 +16,16 @@ from sankofa.metrics import Metrics
 from sankofa.queues.dispatcher import Dispatcher
 from sankofa.queues.shedding import LoadShedder
 from sankofa.settings import Settings
+from sankofa.store.reads import ReadPools
 
 
 @dataclass(frozen=True, slots=True)
 class Services:
     settings: Settings
+    #: The primary: every write, and reads that must see the latest writes.
     pool: asyncpg.Pool
+    #: Read-only queries: the replica when configured, the primary otherwise.
+    reads: ReadPools
     redis: Redis
     features: FeatureStore
     parser: TransactionParser
