@@ -205,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     shsub = s.add_subparsers(dest="shadow_command", required=True, metavar="ACTION")
     c = shsub.add_parser(
         "report",
-        help="how the shadow model would have decided (SANKOFA_DATABASE_URL)",
+        help="how the shadow model would have decided (SANKOFA_DATABASE_REPLICA_URL when set,"
+        " else SANKOFA_DATABASE_URL)",
         description="Agreement matrix of the champion's and the shadow model's decisions, the"
         " decisions that would change, and AUC ROC / AP of both scores where labels exist.",
     )

@@ -9,7 +9,8 @@ the end of the module).
   paused): the primary answers, and the fallback is counted; labels, a write,
   go to the primary;
 - the replica stopped: GETs are answered by the primary, readiness stays
-  ready (the replica reported unavailable), and an instance starts without it.
+  ready (the replica reported unavailable), and an instance starts without it;
+- ``sankofa shadow report`` reads the replica.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import pytest
 from sankofa.api.app import create_app
 from sankofa.settings import Settings
 from sankofa.store.reads import connect_for_reads
+from sankofa.store.shadow import shadow_report
 from servers import PostgresPair, private_postgres_pair
 from tests_support import tx
 
@@ -192,3 +194,26 @@ async def test_replica_down_reads_come_from_the_primary_and_ready_stays_ready(
         assert await conn.fetchval("SELECT pg_is_in_recovery()") is True
     finally:
         await conn.close()
+
+
+async def test_the_shadow_report_reads_the_replica(
+    client: httpx.AsyncClient, pg_pair: PostgresPair
+) -> None:
+    ids = [f"rr-shadow-{i}" for i in range(3)]
+    for i, tid in enumerate(ids):
+        r = await client.post("/v1/transactions", json=tx(400 + i, transaction_id=tid))
+        assert r.status_code == 200, r.text
+    shadow = (
+        "UPDATE transactions SET shadow_decision = decision, shadow_risk_score = risk_score,"
+        " shadow_model_version = 'challenger' WHERE transaction_id = ANY($1::text[])"
+    )
+    await on(pg_pair.primary_url, shadow, ids[:2])
+    await pg_pair.caught_up()
+    await pg_pair.replica_sql("SELECT pg_wal_replay_pause()")
+    try:
+        await on(pg_pair.primary_url, shadow, ids[2:])
+        from_replica = await shadow_report(pg_pair.primary_url, replica_url=pg_pair.replica_url)
+        from_primary = await shadow_report(pg_pair.primary_url)
+    finally:
+        await pg_pair.replica_sql("SELECT pg_wal_replay_resume()")
+    assert (from_replica["transactions"], from_primary["transactions"]) == (2, 3)
