@@ -23,9 +23,9 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "sankofa.json"
 
 #: Settings the deployment files already pass but the service does not read
-#: yet: issue 7 part 2 (reads from a replica, Redis Cluster) adds them. Remove a
-#: name once src/sankofa/settings.py has it.
-PENDING_SETTINGS = frozenset({"SANKOFA_DATABASE_REPLICA_URL", "SANKOFA_REDIS_CLUSTER"})
+#: yet: issue 7 part 2 (Redis Cluster) adds it. Remove a name once
+#: src/sankofa/settings.py has it.
+PENDING_SETTINGS = frozenset({"SANKOFA_REDIS_CLUSTER"})
 
 #: Debian installs some of these outside a non-root PATH, or under another name
 #: (Alertmanager is /usr/bin/prometheus-alertmanager there).

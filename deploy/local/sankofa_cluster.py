@@ -11,9 +11,10 @@ the cluster stops: nothing is left running.
 ``up`` prints the addresses and runs until Ctrl-C / SIGTERM (or --for seconds).
 Tests use ``LocalCluster`` as a context manager (tests/cluster/).
 
-What it does not do (deploy/README.md): the service has no replica routing and
-no Redis Cluster client yet, so the instances write and read the primary and
-share one plain Redis; the replica only replicates, and is checked to.
+The instances write to the primary and read from the replica
+(``SANKOFA_DATABASE_REPLICA_URL``; what the replica cannot answer, the
+primary does). What it does not do (deploy/README.md): the service has no
+Redis Cluster client yet, so the instances share one plain Redis.
 
 Needs: nginx, openssl, redis-server, PostgreSQL's server binaries (initdb,
 postgres, pg_basebackup: PATH or /usr/lib/postgresql/<version>/bin). PostgreSQL
@@ -725,6 +726,7 @@ class LocalCluster:
             {
                 "SANKOFA_ENVIRONMENT": "test",
                 "SANKOFA_DATABASE_URL": self.database_url,
+                **({"SANKOFA_DATABASE_REPLICA_URL": self.replica_url} if self.replica else {}),
                 "SANKOFA_REDIS_URL": self.redis_url,
                 "SANKOFA_HMAC_KEY": self.hmac_key,
                 "SANKOFA_DATA_DIR": str(self.workdir / "data"),
