@@ -4,7 +4,7 @@ Start order: PostgreSQL pool (and migrations), the read replica's pool (when
 one is configured; store/reads.py), Redis client, feature store,
 model (and the shadow model, when one is set), scoring engine, dispatcher. Shutdown runs in reverse: the dispatcher
 drains first (intake stops, queued work is served until the grace deadline,
-the rest is answered 503), then Redis and the pool close.
+the rest is answered 503), then Redis and the pools close.
 """
 
 from __future__ import annotations

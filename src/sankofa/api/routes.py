@@ -212,7 +212,7 @@ _REPLICA_PROBE_S: Final = 0.5
 _TEXT_PLAIN: Final = {"text/plain": {"schema": {"type": "string"}}}
 _READY_SCHEMA: Final = {
     "type": "object",
-    "required": ["status", "checks"],
+    "required": ["status", "checks", "replica"],
     "properties": {
         "status": {"type": "string", "enum": ["ready", "ready-degraded", "not-ready"]},
         "checks": {"type": "object", "additionalProperties": {"type": "boolean"}},
