@@ -11,7 +11,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 
@@ -185,6 +185,30 @@ class PostgresPair:
 
     def stop_replica(self) -> None:
         self._stop("replica")
+
+    @contextmanager
+    def frozen_replica(self) -> Iterator[None]:
+        """The replica and every backend of it stopped (SIGSTOP): connections stay
+        open and queries hang, as with a replica on a host that stalls."""
+        import os
+
+        postmaster = self.procs["replica"].pid
+        pids = [postmaster]
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == postmaster:
+                pids.append(int(stat.parent.name))
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for pid in pids:
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
 
     def _stop(self, name: str) -> None:
         proc = self.procs.pop(name, None)

@@ -217,3 +217,23 @@ async def test_the_shadow_report_reads_the_replica(
     finally:
         await pg_pair.replica_sql("SELECT pg_wal_replay_resume()")
     assert (from_replica["transactions"], from_primary["transactions"]) == (2, 3)
+
+
+async def test_a_replica_that_hangs_costs_one_timeout_then_is_skipped(
+    client: httpx.AsyncClient, services: Any, pg_pair: PostgresPair, settings: Settings
+) -> None:
+    posted = await client.post("/v1/transactions", json=tx(500, transaction_id="rr-hang"))
+    assert posted.status_code == 200, posted.text
+    await pg_pair.caught_up()
+    # A pooled connection to the replica, which the next read will reuse.
+    assert (await client.get("/v1/transactions/rr-hang")).status_code == 200
+    errors, skipped = fallbacks(services, "error"), fallbacks(services, "skipped")
+    with pg_pair.frozen_replica():
+        got = await client.get("/v1/transactions/rr-hang")
+        assert got.status_code == 200, got.text
+        assert fallbacks(services, "error") == errors + 1
+        assert (await client.get("/v1/transactions/rr-hang")).status_code == 200
+        assert fallbacks(services, "skipped") == skipped + 1
+        ready = await client.get("/health/ready")
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["replica"] == "unavailable"
