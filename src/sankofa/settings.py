@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     critical_port: int | None = Field(default=None, ge=1, le=65535)
     bulk_niceness: int = Field(default=5, ge=0, le=19)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    #: The service's log lines on stderr (sankofa.logs): one JSON object per line
+    #: for a log collector, or the old human-readable text. Only ``sankofa serve``
+    #: and its workers read it; the other commands print to a terminal as before.
+    log_format: Literal["json", "text"] = "json"
 
     hmac_key: SecretStr = SecretStr(DEV_HMAC_KEY)
     #: Mount /bench/bare and /bench/naive, the load tests' baselines (api.bench_routes).
