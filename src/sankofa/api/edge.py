@@ -3,7 +3,10 @@
 another closure and costs every request a few microseconds.
 
 * X-Request-Id: echoed when well formed (no CR/LF or control characters can reach
-  a response header), otherwise generated.
+  a response header or a log line), otherwise generated; sent back on every
+  response, this layer's own 431, 503 and 500 included, and set as the context's
+  request id (sankofa.logs.REQUEST_ID) so that every log line written while the
+  request is handled carries it. No line is logged per request (no access log).
 * Header sections over ``MAX_HEADER_BYTES`` get 431.
 * Scoring requests of a class the load shedder refuses (the event loop is
   saturated, queues/shedding.py) get 503 with Retry-After here, before any
@@ -27,6 +30,7 @@ from sankofa.api.headers import MAX_HEADER_BYTES, request_id
 from sankofa.api.problems import from_error, problem
 from sankofa.api.services import Services
 from sankofa.errors import HeadersTooLargeError, OverloadedError
+from sankofa.logs import REQUEST_ID
 from sankofa.metrics import PRIORITY_SCOPE_KEY, route_of
 from sankofa.queues.priority import Priority, PriorityHeaderError, resolve_priority
 
@@ -85,6 +89,9 @@ class EdgeMiddleware:
             await send(message)
 
         counted = False
+        # Reset below: a server that runs requests in the caller's context (an
+        # in-process client) must not see one request's id on later lines.
+        bound = REQUEST_ID.set(rid.decode("ascii"))
         try:
             if size > MAX_HEADER_BYTES:
                 error = HeadersTooLargeError(
@@ -132,3 +139,4 @@ class EdgeMiddleware:
                     scope.get(PRIORITY_SCOPE_KEY, "none"),
                     time.perf_counter() - started,
                 )
+            REQUEST_ID.reset(bound)

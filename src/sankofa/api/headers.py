@@ -19,7 +19,9 @@ from sankofa.errors import FieldIssue, InvalidFieldError
 from sankofa.queues.priority import Priority, PriorityHeaderError, resolve_priority
 
 REQUEST_ID_HEADER: Final = "x-request-id"
-_REQUEST_ID: Final = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+#: A client's request id is echoed (and logged) only when it is this sane token:
+#: nothing that could split a header or a log line, nothing too long.
+_REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 _TIMEOUT_MS: Final = re.compile(r"^[0-9]{1,9}$")
 
 
@@ -91,7 +93,8 @@ MAX_HEADER_BYTES: Final = 16 * 1024
 
 
 def request_id(given: bytes | None) -> bytes:
-    """The client's X-Request-Id when well formed, else a fresh one."""
-    if given is not None and _REQUEST_ID.fullmatch(given.decode("latin-1")):
+    """The client's X-Request-Id when well formed (1-128 characters of
+    ``A-Za-z0-9._:-``), else a fresh one. ASCII either way."""
+    if given is not None and _REQUEST_ID.fullmatch(given):
         return given
     return f"{_ID_PREFIX}{next(_ID_COUNTER):x}".encode()

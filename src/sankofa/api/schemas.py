@@ -148,7 +148,8 @@ SCORING_HEADERS: list[dict[str, Any]] = [
         "name": "X-Request-Id",
         "in": "header",
         "required": False,
-        "description": "Echoed back when it is 1-64 characters of A-Z a-z 0-9 . _ : -; else generated.",
+        "description": "Echoed back in X-Request-Id (and written in the service's log lines)"
+        " when it is 1-128 characters of A-Z a-z 0-9 . _ : -; else one is generated.",
         "schema": {"type": "string"},
     },
 ]
