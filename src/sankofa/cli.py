@@ -238,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Text for a terminal; ``serve`` switches to SANKOFA_LOG_FORMAT (JSON by default).
     logging.basicConfig(
         level=os.environ.get("SANKOFA_LOG_LEVEL", "info").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -293,6 +294,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from sankofa.embedded import EmbeddedUnavailableError, embedded_servers
+    from sankofa.logs import configure_logging, uvicorn_log_config
     from sankofa.settings import Settings
 
     settings = Settings(
@@ -307,6 +309,9 @@ def _serve(args: argparse.Namespace) -> int:
             if v is not None
         }
     )
+    configure_logging(level=settings.log_level, fmt=settings.log_format)
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         with contextlib.ExitStack() as stack:
             urls = stack.enter_context(
@@ -335,11 +340,20 @@ def _serve(args: argparse.Namespace) -> int:
                 niceness = 0
                 if settings.critical_port is not None:
                     lane = WorkerConfig(
-                        settings.host, settings.critical_port, settings.log_level, grace
+                        settings.host,
+                        settings.critical_port,
+                        settings.log_level,
+                        grace,
+                        log_format=settings.log_format,
                     )
                     niceness = settings.bulk_niceness
                 config = WorkerConfig(
-                    settings.host, settings.port, settings.log_level, grace, niceness
+                    settings.host,
+                    settings.port,
+                    settings.log_level,
+                    grace,
+                    niceness,
+                    log_format=settings.log_format,
                 )
                 return Supervisor(config, settings.workers, lane).run()
             # uvicorn shuts down gracefully on SIGTERM / SIGINT, then raises the
@@ -355,6 +369,7 @@ def _serve(args: argparse.Namespace) -> int:
                 log_level=settings.log_level,
                 access_log=False,
                 timeout_graceful_shutdown=grace,
+                **uvicorn_log_config(settings.log_format),
             )
     except EmbeddedUnavailableError as exc:
         print(f"sankofa serve: {exc}", file=sys.stderr)

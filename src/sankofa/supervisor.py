@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from sankofa.logs import LogFormat, configure_logging, uvicorn_log_config
+
 log = logging.getLogger(__name__)
 
 #: A worker that dies sooner than this after starting is not restarted in a loop.
@@ -37,6 +39,7 @@ class WorkerConfig:
     #: Added to the process's nice value: bulk workers yield the CPU to the
     #: critical lane's worker whenever both have work.
     niceness: int = 0
+    log_format: LogFormat = "json"
 
 
 def reuseport_socket(host: str, port: int) -> socket.socket:
@@ -53,6 +56,9 @@ def reuseport_socket(host: str, port: int) -> socket.socket:
 def _worker(config: WorkerConfig) -> None:
     import uvicorn
 
+    # A spawned process starts with no logging configured: its lines must come
+    # out like the supervisor's (make_app leaves a configured root alone).
+    configure_logging(level=config.log_level, fmt=config.log_format)
     if config.niceness:
         os.nice(config.niceness)
     sock = reuseport_socket(config.host, config.port)
@@ -63,6 +69,7 @@ def _worker(config: WorkerConfig) -> None:
             log_level=config.log_level,
             access_log=False,
             timeout_graceful_shutdown=config.graceful_shutdown_s,
+            **uvicorn_log_config(config.log_format),
         )
     )
     server.run(sockets=[sock])

@@ -7,18 +7,18 @@ import logging
 from fastapi import FastAPI
 
 from sankofa.api.app import create_app
+from sankofa.logs import configure_logging
 from sankofa.settings import Settings
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def make_app() -> FastAPI:
     """Factory for ``uvicorn --factory sankofa.api.asgi:make_app``.
 
-    Worker processes start fresh (no logging configured): configure it here so
-    the service's own messages (drain counts, failures) reach the log.
+    A process started this way may have no logging configured: configure it here
+    (SANKOFA_LOG_FORMAT, JSON by default) so the service's own messages (drain
+    counts, failures) reach the log. ``sankofa serve`` has configured it already.
     """
     settings = Settings()
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
+        configure_logging(level=settings.log_level, fmt=settings.log_format)
     return create_app(settings, handle_signals=True)
