@@ -187,7 +187,15 @@ class ScoringEngine:
             # One request's value broke the COPY for the whole batch: never let it
             # fail the others. Run each request alone to find which one it was.
             if len(jobs) == 1:
-                log.warning("unstorable value: %s", exc.__cause__)
+                # The type only: asyncpg's message quotes the refused value, which
+                # may be personal data (the client still gets it in its answer).
+                txs = jobs[0].payload.transactions
+                log.warning(
+                    "unstorable value (%s) in a request of %d transactions, the first %s",
+                    type(exc.__cause__).__name__,
+                    len(txs),
+                    txs[0].transaction_id if txs else None,
+                )
                 return [UnstorableValueError(f"a value could not be stored: {exc.__cause__}")]
             log.warning("unstorable value in a batch of %d requests; isolating it", len(jobs))
             results: list[list[DecisionOut] | BaseException] = []
