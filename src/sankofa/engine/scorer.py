@@ -187,8 +187,9 @@ class ScoringEngine:
             # One request's value broke the COPY for the whole batch: never let it
             # fail the others. Run each request alone to find which one it was.
             if len(jobs) == 1:
-                # The type only: asyncpg's message quotes the refused value, which
-                # may be personal data (the client still gets it in its answer).
+                # The type only: a database error's message or DETAIL may quote the
+                # refused value, which may be personal data (the client still gets
+                # the message in its answer).
                 txs = jobs[0].payload.transactions
                 log.warning(
                     "unstorable value (%s) in a request of %d transactions, the first %s",
