@@ -8,15 +8,18 @@ import asyncio
 import io
 import json
 import logging
+import os
 import re
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import structlog
 
+from conftest import LiveServer
 from sankofa.api.app import create_app
 from sankofa.logs import configure_logging
 from sankofa.settings import Settings
@@ -245,3 +248,41 @@ def test_the_text_format_stays_available() -> None:
     assert re.fullmatch(
         r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ INFO sankofa.test: drained 3\n", stream.getvalue()
     ), stream.getvalue()
+
+
+# -- sankofa serve ----------------------------------------------------------------
+
+
+def test_sankofa_serve_writes_json_lines_uvicorns_included(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The real command, over HTTP: every line it writes on stderr is one JSON object,
+    its own and uvicorn's, and a request's id comes back in the header."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SANKOFA_")}
+    env.update(
+        {
+            "SANKOFA_ENVIRONMENT": "test",
+            "SANKOFA_DATABASE_URL": settings.database_url or "",
+            "SANKOFA_REDIS_URL": settings.redis_url or "",
+            "SANKOFA_REDIS_PREFIX": settings.redis_prefix,
+            "SANKOFA_HMAC_KEY": settings.hmac_key.get_secret_value(),
+            "SANKOFA_LOG_LEVEL": "info",  # no SANKOFA_LOG_FORMAT: JSON is the default
+        }
+    )
+    server = LiveServer(env, tmp_path / "info.log")
+    server.start()
+    try:
+        given = httpx.get(f"{server.url}/health/live", headers={"x-request-id": "live-1"})
+        made = httpx.get(f"{server.url}/v1/transactions/nope")
+    finally:
+        code = server.stop()
+    assert code == 0
+    assert given.headers["x-request-id"] == "live-1"
+    assert made.status_code == 404 and SANE.fullmatch(made.headers["x-request-id"])
+    text = (tmp_path / "info.log").read_text()
+    lines = [json.loads(line) for line in text.splitlines()]
+    for line in lines:
+        assert {"timestamp", "level", "logger", "event"} <= set(line), line
+    loggers = {line["logger"] for line in lines}
+    assert "uvicorn.error" in loggers, text  # uvicorn's own lines are JSON too
+    assert any(line["event"].startswith("dispatcher drained") for line in lines), text
