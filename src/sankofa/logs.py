@@ -61,9 +61,14 @@ _FIRST: Final = ("timestamp", "level", "logger", "event", "request_id")
 
 
 def _add_request_id(logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
-    rid = REQUEST_ID.get()
-    if rid is not None:
-        event_dict.setdefault("request_id", rid)
+    """The context's request id, unless the line names its request itself (a batch's
+    line, written outside any request, gives ``extra={"request_id": ...}``)."""
+    if event_dict.get("request_id") is None:
+        rid = REQUEST_ID.get()
+        if rid is None:
+            event_dict.pop("request_id", None)
+        else:
+            event_dict["request_id"] = rid
     return event_dict
 
 
@@ -114,7 +119,7 @@ def formatter(fmt: LogFormat) -> logging.Formatter:
         [_ordered, structlog.processors.JSONRenderer()] if fmt == "json" else [_text_line]
     )
     return structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[*_shared(), structlog.stdlib.ExtraAdder(), _stamper(fmt)],
+        foreign_pre_chain=[structlog.stdlib.ExtraAdder(), *_shared(), _stamper(fmt)],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             _drop_fields,

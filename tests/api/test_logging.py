@@ -21,7 +21,7 @@ import structlog
 
 from conftest import LiveServer
 from sankofa.api.app import create_app
-from sankofa.logs import configure_logging
+from sankofa.logs import REQUEST_ID, configure_logging
 from sankofa.settings import Settings
 from tests_support import tx
 
@@ -214,9 +214,16 @@ async def test_no_log_line_carries_a_customer_id_or_other_personal_data(
 
     poisoned = services.parser.parse(tx(45, **personal))
     poisoned.metadata = {"note": f"{NOTE}\u0000"}
-    with pytest.raises(Exception, match="could not be stored"):
-        await services.dispatcher.submit(ScoreRequest([poisoned]), priority=Priority.NORMAL)
-    assert captured.event("unstorable value")["event"].endswith("the first tx-45")
+    inside = REQUEST_ID.set("req-poisoned")  # as the edge sets it for a request
+    try:
+        with pytest.raises(Exception, match="could not be stored"):
+            await services.dispatcher.submit(ScoreRequest([poisoned]), priority=Priority.NORMAL)
+    finally:
+        REQUEST_ID.reset(inside)
+    unstorable = captured.event("unstorable value")
+    assert unstorable["event"].endswith("the first tx-45")
+    # Written by the batch's task, outside the request, yet naming it.
+    assert unstorable["request_id"] == "req-poisoned"
 
     lines = captured.lines()  # every line is JSON
     assert len(lines) >= 2, captured.text

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from sankofa.errors import DeadlineExceededError, DrainingError, OverloadedError
+from sankofa.logs import REQUEST_ID
 from sankofa.queues.clock import ManualClock
 from sankofa.queues.dispatcher import ClassPolicy, Dispatcher, Job
 from sankofa.queues.priority import Priority
@@ -400,6 +401,29 @@ async def test_a_failing_batch_fails_only_its_own_requests(
     assert results[2] == ("done", "b")
     assert d.running
     assert await d.submit("after", priority=C) == ("done", "after")
+    await d.close()
+
+
+async def test_a_failing_batch_logs_the_ids_of_the_requests_it_fails(
+    handler: Recorder, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A batch runs in a task of its own, outside any request: its error line names
+    the requests by the ids their edge set when they were submitted."""
+    handler.gate.clear()
+    handler.fail_when = lambda p: True
+    d = make(handler, clock, max_batch_size=2)
+    await d.start()
+
+    async def submit_as(request_id: str, payload: str) -> Any:
+        REQUEST_ID.set(request_id)  # this task's own context, as the edge does
+        return await d.submit(payload, priority=N)
+
+    tasks = [asyncio.create_task(submit_as(f"req-{p}", p)) for p in ("a", "b")]
+    await settle()
+    handler.gate.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    failed = [r for r in caplog.records if r.getMessage().startswith("batch handler failed")]
+    assert [r.request_ids for r in failed] == [["req-a", "req-b"]]  # type: ignore[attr-defined]
     await d.close()
 
 

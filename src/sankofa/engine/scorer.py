@@ -196,6 +196,7 @@ class ScoringEngine:
                     type(exc.__cause__).__name__,
                     len(txs),
                     txs[0].transaction_id if txs else None,
+                    extra={"request_id": jobs[0].request_id},
                 )
                 return [UnstorableValueError(f"a value could not be stored: {exc.__cause__}")]
             log.warning("unstorable value in a batch of %d requests; isolating it", len(jobs))

@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 from sankofa.errors import DeadlineExceededError, DrainingError, OverloadedError
+from sankofa.logs import REQUEST_ID
 from sankofa.queues.clock import Clock, LoopClock, TimerHandle
 from sankofa.queues.cost import BatchCostModel
 from sankofa.queues.priority import Priority
@@ -113,6 +114,9 @@ class Job(Generic[P, R]):
     dispatched_at: float | None = None
     batch_size: int = 0
     queued: bool = True
+    #: The submitting request's id (sankofa.logs): a batch runs in a task of its
+    #: own, outside any request, so its error lines name their requests with it.
+    request_id: str | None = None
 
     @property
     def queue_s(self) -> float:
@@ -382,6 +386,7 @@ class Dispatcher(Generic[P, R]):
             enqueued_at=now,
             deadline=now + deadline_s,
             future=loop.create_future(),
+            request_id=REQUEST_ID.get(),
         )
         heapq.heappush(self._deadlines, (job.deadline, next(self._deadline_seq), job))
         if self._deadline_timer_at is None or job.deadline < self._deadline_timer_at:
@@ -607,7 +612,11 @@ class Dispatcher(Generic[P, R]):
             raise
         except Exception as exc:
             self.stats.handler_errors += 1
-            log.exception("batch handler failed; failing its %d jobs", len(batch))
+            log.exception(
+                "batch handler failed; failing its %d jobs",
+                len(batch),
+                extra={"request_ids": [job.request_id for job in batch]},
+            )
             for job in batch:
                 self.stats.failed[job.priority] += 1
                 if not job.future.done():
