@@ -9,10 +9,14 @@ any fields: ``request_id`` while a request is being handled, fields bound
 with ``structlog.contextvars`` or given to a structlog call, and
 ``exception`` (the traceback, one string) when there is one.
 
-The request id lives in a ContextVar of its own, set by the edge middleware:
-setting and resetting it costs about 0.3 us per request, where structlog's
-``bind_contextvars`` / ``reset_contextvars`` cost about 2 us (measured on this
-machine under load), and the edge is the hot path.
+The request id lives in a ContextVar of its own, set by the edge middleware
+(the hot path) and read by a processor: setting and resetting it costs 170 ns
+a request, where structlog's ``bind_contextvars`` / ``reset_contextvars`` cost
+1.05 us (best of 5, on a busy machine, with ``python -m timeit -s "import
+contextvars; v = contextvars.ContextVar('r', default=None)"
+"v.reset(v.set('abc-123'))"`` and ``-s "import structlog.contextvars as c"
+"c.reset_contextvars(**c.bind_contextvars(request_id='abc-123'))"``). Fields
+bound with ``structlog.contextvars`` still come out on every line.
 
 No personal data: log calls give transaction ids at most, never a customer,
 terminal, card, amount or body; fields with those names are dropped here as
