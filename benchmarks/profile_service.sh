@@ -1,10 +1,11 @@
 #!/bin/bash
 # Profile the service's worker processes under load (docs/performance.md, "Where the time goes").
 #
-#   bash benchmarks/profile_service.sh [RATE] [OUT]
+#   bash benchmarks/profile_service.sh [RATE] [OUT] [BATCH]
 #
 # Starts `sankofa serve --workers 2` on a scratch database and Redis prefix, sends RATE
-# single-transaction requests per second (default 1000) from `sankofa loadtest run`,
+# requests per second (default 1000) of BATCH transactions each (default 1: POST
+# /v1/transactions; more: /v1/transactions/batch) from `sankofa loadtest run`,
 # samples every worker with py-spy (`pip install py-spy`; needs ptrace, i.e. root or
 # kernel.yama.ptrace_scope=0) for 20 s, keeps the collapsed stacks, then sums the
 # samples by component into a table and a PNG (benchmarks/profile_summary.py).
@@ -12,6 +13,7 @@
 set -euo pipefail
 RATE=${1:-1000}
 OUT=${2:-loadtest-results/profile}
+BATCH=${3:-1}
 BIN=${BIN:-.venv/bin}
 PORT=${PORT:-8311}
 DB=sankofa_profile_$$
@@ -45,14 +47,16 @@ for _ in $(seq 120); do
   curl -fs "http://127.0.0.1:$PORT/health/ready" >/dev/null && break; sleep 0.5
 done
 WORKERS=$(pgrep -P "$SERVE")
-"$BIN/sankofa" loadtest run --url "http://127.0.0.1:$PORT" --rate "$RATE" --duration 30 \
+"$BIN/sankofa" loadtest run --url "http://127.0.0.1:$PORT" --rate "$RATE" --batch "$BATCH" --duration "${DURATION:-30}" \
   --warmup 5 --out "$OUT" --label profile-load --no-plots --quiet &
 LOAD=$!
 sleep 8
+SPIES=()
 for w in $WORKERS; do
   "$BIN/py-spy" record --pid "$w" --duration 20 --rate 200 --nonblocking \
     --output "$OUT/worker-$w.collapsed" --format raw >/dev/null 2>&1 &
+  SPIES+=($!)
 done
-wait "$LOAD"
-wait
+wait "$LOAD" "${SPIES[@]}"
+curl -fs "http://127.0.0.1:$PORT/metrics" > "$OUT/metrics.txt" || true
 "$BIN/python" benchmarks/profile_summary.py --png "$OUT/profile.png" "$OUT"/worker-*.collapsed | tee "$OUT/summary.md"

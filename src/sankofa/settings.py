@@ -90,9 +90,9 @@ class Settings(BaseSettings):
     shed_in_progress_low: int = Field(default=24, ge=0)
     #: A signal must stay above a class's limit this long before the door
     #: refuses it: a stall's burst is queued, only sustained overload is shed.
-    shed_sustain_ms: float = Field(default=50.0, ge=0)
+    shed_sustain_ms: float = Field(default=150.0, ge=0)
     #: ... and serves it again once the signals have stayed clear this long
-    #: (shedding clears them itself; without it a flood is let in every 50 ms).
+    #: (shedding clears them itself; without it a flood is let in again and again).
     shed_release_ms: float = Field(default=200.0, ge=0)
     drain_grace_s: float = Field(default=10.0, ge=0)
 

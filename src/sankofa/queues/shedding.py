@@ -16,17 +16,21 @@ Two signals measure that saturation directly, per worker process:
 * the event loop's lag (how late a timer fires): the loop itself is saturated.
 
 While either has stayed above a class's limit on every sample for the last
-``sustain_s`` (50 ms by default), new requests of that class are answered 503
+``sustain_s`` (150 ms by default), new requests of that class are answered 503
 with Retry-After at once, in the outermost middleware, which costs a fraction
-of serving them, until the signals have stayed clear for ``release_s`` (200 ms). Lower classes have lower limits; critical is never refused
-here (its queue bound and deadline still apply).
+of serving them, until the signals have stayed clear for ``release_s``
+(200 ms). Lower classes have lower limits; critical is never refused here
+(its queue bound and deadline still apply).
 
 Why *sustained*: a worker at 70 % of its capacity still has short stalls (a
-garbage collection, a slow commit) after which the requests that arrived
-meanwhile are admitted together. Measured in a 10-minute soak at 70 %, an
-instantaneous signal refused 0.07 % of requests that the service would have
-served well within their deadlines. Real overload keeps the signal up; a
-stall's burst does not, so it is queued and served instead.
+garbage collection, a slow commit) and bursts of arrivals, after which the
+requests that arrived meanwhile are admitted together. Measured in soaks at
+70 % of capacity (docs/reliability.md): an instantaneous signal refused 0.07 %
+of the requests, which the service would have served well within their
+deadlines; 50 ms of sustain still refused some; 150 ms refused none. Real
+overload keeps the signal up for seconds; a burst does not, so it is queued
+and served instead. The price is the flood's first 150 ms, admitted before
+the door closes (docs/reliability.md, "Overload", compares the settings).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from sankofa.queues.priority import Priority
 SAMPLE_EVERY_S = 0.005
 _ALPHA = 0.3
 #: Default time a signal must stay above a class's limit before it refuses.
-SUSTAIN_S = 0.05
+SUSTAIN_S = 0.15
 #: Default time a refusing class's signals must stay clear before it is served again.
 RELEASE_S = 0.2
 
