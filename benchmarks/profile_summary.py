@@ -5,7 +5,9 @@
 Each sample is charged to the component of the deepest frame that belongs to
 one (the model, the Redis client, asyncpg, ...), so time spent inside a
 library called from our code counts for that library's component, and time in
-our own code counts for the part of the service it is in. Prints a markdown
+our own code counts for the part of the service it is in. The event loop
+(asyncio, uvloop) gets only the samples with no other component on the stack:
+uvloop's own C code (sockets, timers, callbacks) shows as the loop's run call. Prints a markdown
 table: component, share of the sampled busy time, and the top functions.
 """
 
@@ -22,12 +24,12 @@ COMPONENTS: list[tuple[str, str]] = [
         "model (numpy trees, contributions)",
         r"sankofa/engine/(trees|tree_eval|model|derived_features)\.py",
     ),
-    ("features: Redis client and script", r"/redis/|sankofa/engine/features_online\.py"),
-    ("database: asyncpg, COPY, commit", r"/asyncpg/|sankofa/store/"),
-    ("metrics (prometheus-client)", r"/prometheus_client/|sankofa/metrics\.py"),
+    ("features: Redis client and script", r"(^|/)redis/|sankofa/engine/features_online\.py"),
+    ("database: asyncpg, COPY, commit", r"(^|/)asyncpg/|sankofa/store/"),
+    ("metrics (prometheus-client)", r"(^|/)prometheus_client/|sankofa/metrics\.py"),
     (
         "request parsing and validation (orjson, pydantic)",
-        r"/pydantic|orjson|sankofa/api/(body|schemas|headers)\.py",
+        r"(^|/)pydantic|orjson|sankofa/api/(body|schemas|headers)\.py",
     ),
     (
         "decision, response building",
@@ -37,21 +39,29 @@ COMPONENTS: list[tuple[str, str]] = [
     ("our routes and middleware", r"sankofa/api/"),
     (
         "HTTP server and framework (uvicorn, starlette, fastapi)",
-        r"/uvicorn/|/starlette/|/fastapi/|httptools|/h11/",
+        r"(^|/)(uvicorn|starlette|fastapi|h11)/|httptools",
     ),
-    ("event loop (asyncio, uvloop)", r"/asyncio/|uvloop"),
+    ("event loop (asyncio, uvloop: sockets, timers, callbacks)", r"(^|/)asyncio/|uvloop"),
 ]
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^():]*)(?::\d+)?\)$")
 
 
 def component_of(frames: list[str]) -> str:
+    """The component of the deepest frame that has one; the event loop only when
+    nothing else on the stack does (the Redis client's writes run in asyncio's
+    streams, and belong to the Redis client)."""
+    loop_name = COMPONENTS[-1][0]
+    if frames and "asyncio/runners.py" in frames[-1]:
+        return loop_name  # inside uvloop's run: its C code, under every other frame
+    in_loop = False
     for frame in reversed(frames):
         m = _FRAME.match(frame)
         path = m.group("file") if m else frame
-        for name, pattern in COMPONENTS:
+        for name, pattern in COMPONENTS[:-1]:
             if re.search(pattern, path):
                 return name
-    return "other (interpreter, GC, unattributed)"
+        in_loop = in_loop or bool(re.search(COMPONENTS[-1][1], path))
+    return loop_name if in_loop else "other (interpreter, GC, unattributed)"
 
 
 def main() -> int:
