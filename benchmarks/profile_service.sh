@@ -9,7 +9,7 @@
 # samples every worker with py-spy (`pip install py-spy`; needs ptrace, i.e. root or
 # kernel.yama.ptrace_scope=0) for 20 s, keeps the collapsed stacks, then sums the
 # samples by component into a table and a PNG (benchmarks/profile_summary.py).
-# Stops everything it started.
+# Stops everything it started and deletes its database and Redis keys.
 set -euo pipefail
 RATE=${1:-1000}
 OUT=${2:-loadtest-results/profile}
@@ -40,6 +40,13 @@ async def go():
     await c.execute(f'DROP DATABASE IF EXISTS "{sys.argv[2]}" WITH (FORCE)')
     await c.close()
 asyncio.run(go())
+PY
+  "$BIN/python" - "profile$$" <<'PY' || true
+import os, sys, redis
+client = redis.Redis.from_url(os.environ.get("SANKOFA_REDIS_URL", "redis://127.0.0.1:6379/0"))
+keys = list(client.scan_iter(match=f"{sys.argv[1]}:*", count=5000))
+for i in range(0, len(keys), 1000):
+    client.delete(*keys[i : i + 1000])
 PY
 }
 trap cleanup EXIT
