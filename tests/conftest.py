@@ -256,12 +256,10 @@ class LiveServer:
         return self.proc.returncode
 
 
-@pytest.fixture
-def live_server(settings: Settings, tmp_path: Path) -> Iterator[LiveServer]:
-    env = dict(os.environ)
-    for k in list(env):
-        if k.startswith("SANKOFA_"):
-            del env[k]
+def server_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of a `sankofa serve` on the test database and Redis prefix:
+    this process's, without its SANKOFA_ settings, plus ``extra`` (SANKOFA_ names)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SANKOFA_")}
     env.update(
         {
             "SANKOFA_ENVIRONMENT": "test",
@@ -270,9 +268,15 @@ def live_server(settings: Settings, tmp_path: Path) -> Iterator[LiveServer]:
             "SANKOFA_REDIS_PREFIX": settings.redis_prefix,
             "SANKOFA_HMAC_KEY": settings.hmac_key.get_secret_value(),
             "SANKOFA_LOG_LEVEL": "warning",
+            **extra,
         }
     )
-    server = LiveServer(env, tmp_path / "server.log")
+    return env
+
+
+@pytest.fixture
+def live_server(settings: Settings, tmp_path: Path) -> Iterator[LiveServer]:
+    server = LiveServer(server_env(settings), tmp_path / "server.log")
     server.start()
     try:
         yield server

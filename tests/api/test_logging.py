@@ -8,7 +8,6 @@ import asyncio
 import io
 import json
 import logging
-import os
 import re
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timedelta
@@ -19,7 +18,7 @@ import httpx
 import pytest
 import structlog
 
-from conftest import LiveServer
+from conftest import LiveServer, server_env
 from sankofa.api.app import create_app
 from sankofa.logs import REQUEST_ID, configure_logging
 from sankofa.settings import Settings
@@ -265,17 +264,8 @@ def test_sankofa_serve_writes_json_lines_uvicorns_included(
 ) -> None:
     """The real command, over HTTP: every line it writes on stderr is one JSON object,
     its own and uvicorn's, and a request's id comes back in the header."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SANKOFA_")}
-    env.update(
-        {
-            "SANKOFA_ENVIRONMENT": "test",
-            "SANKOFA_DATABASE_URL": settings.database_url or "",
-            "SANKOFA_REDIS_URL": settings.redis_url or "",
-            "SANKOFA_REDIS_PREFIX": settings.redis_prefix,
-            "SANKOFA_HMAC_KEY": settings.hmac_key.get_secret_value(),
-            "SANKOFA_LOG_LEVEL": "info",  # no SANKOFA_LOG_FORMAT: JSON is the default
-        }
-    )
+    # No SANKOFA_LOG_FORMAT: JSON is the default.
+    env = server_env(settings, SANKOFA_LOG_LEVEL="info")
     server = LiveServer(env, tmp_path / "info.log")
     server.start()
     try:

@@ -17,7 +17,6 @@ operation, fewer for the bodiless GETs; the session's total is asserted at the e
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,7 +33,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from conftest import LiveServer
+from conftest import LiveServer, server_env
 from sankofa.api.app import create_app
 from sankofa.settings import Settings
 
@@ -72,19 +71,11 @@ def at_least_a_thousand_cases() -> Iterator[None]:
 
 @pytest.fixture
 def live_server(settings: Settings, tmp_path: Path) -> Iterator[LiveServer]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SANKOFA_")}
-    env.update(
-        {
-            "SANKOFA_ENVIRONMENT": "test",
-            "SANKOFA_DATABASE_URL": settings.database_url or "",
-            "SANKOFA_REDIS_URL": settings.redis_url or "",
-            "SANKOFA_REDIS_PREFIX": settings.redis_prefix,
-            "SANKOFA_HMAC_KEY": settings.hmac_key.get_secret_value(),
-            "SANKOFA_LOG_LEVEL": "warning",
-            "SANKOFA_SHED_LAG_MS_HIGH": "0",
-            "SANKOFA_SHED_LAG_MS_NORMAL": "0",
-            "SANKOFA_SHED_LAG_MS_LOW": "0",
-        }
+    env = server_env(
+        settings,
+        SANKOFA_SHED_LAG_MS_HIGH="0",
+        SANKOFA_SHED_LAG_MS_NORMAL="0",
+        SANKOFA_SHED_LAG_MS_LOW="0",
     )
     server = LiveServer(env, tmp_path / "server.log")
     server.start()
