@@ -377,3 +377,36 @@ async def test_health_and_docs(client: httpx.AsyncClient) -> None:
     spec = (await client.get("/openapi.json")).json()
     assert "/v1/transactions/batch" in spec["paths"]
     assert "TransactionIn" in spec["components"]["schemas"]
+
+
+async def test_same_id_in_one_batch_after_redis_forgot_it_is_judged_against_the_stored_row(
+    client: httpx.AsyncClient, db: asyncpg.Connection, redis_url: str, redis_prefix: str
+) -> None:
+    """C12 under concurrency, when Redis no longer knows a stored id (its history
+    trimmed, or Redis restarted): the batch's COPY meets the stored row, and every
+    request must then be judged against that row, not against the first request of
+    the batch. Found by a new user: 200 `replayed` for other content, 409 for the
+    stored content."""
+    import asyncio
+
+    import redis.asyncio as redis_async
+
+    assert (await client.post("/v1/transactions", json=tx())).status_code == 200
+    r = redis_async.Redis.from_url(redis_url)
+    try:  # forget the histories, keep the "features complete" marker
+        keys = [k async for k in r.scan_iter(match=f"{redis_prefix}:*") if b":built" not in k]
+        if keys:
+            await r.delete(*keys)
+    finally:
+        await r.aclose()
+    other, same = tx(amount="99.99"), tx()
+    answers = await asyncio.gather(
+        *(client.post("/v1/transactions", json=body) for body in (other, same, other, same))
+    )
+    assert [a.status_code for a in answers] == [409, 200, 409, 200], [a.text for a in answers]
+    assert all(a.json()["replayed"] is True for a in answers[1::2])
+    assert await count(db) == 1
+    assert (
+        str(await db.fetchval("SELECT amount FROM transactions WHERE transaction_id='tx-1'"))
+        == "48.70"
+    )

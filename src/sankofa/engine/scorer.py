@@ -281,8 +281,12 @@ class ScoringEngine:
                         existing = await repo.find_existing(
                             conn, [tx.transaction_id for tx in new_txs]
                         )
+                        # Judge every request against the stored rows: with none
+                        # given, the batch's first request of an id would stand for
+                        # the stored one (other content answered 200 `replayed`,
+                        # the stored content 409).
                         results = [None] * len(jobs)
-                        self._plan(jobs, {}, results)
+                        self._plan(jobs, existing, results)
                         keep = self._keep(jobs, new_txs, new_job, existing, results)
                         await self._store(
                             conn, [r for r, k in zip(records, keep, strict=True) if k]
