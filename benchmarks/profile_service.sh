@@ -19,28 +19,24 @@ PORT=${PORT:-8311}
 DB=sankofa_profile_$$
 ADMIN=${SANKOFA_DATABASE_URL:-postgresql://postgres@127.0.0.1:5432/postgres}
 mkdir -p "$OUT"
-"$BIN/python" - "$ADMIN" "$DB" create <<'PY'
+admin_sql() {  # one statement on the admin database
+  "$BIN/python" - "$ADMIN" "$1" <<'PY'
 import asyncio, sys, asyncpg
 async def go():
     c = await asyncpg.connect(sys.argv[1])
-    await c.execute(f'CREATE DATABASE "{sys.argv[2]}"' if sys.argv[3] == "create" else f'DROP DATABASE IF EXISTS "{sys.argv[2]}" WITH (FORCE)')
+    await c.execute(sys.argv[2])
     await c.close()
 asyncio.run(go())
 PY
+}
+admin_sql "CREATE DATABASE \"$DB\""
 SANKOFA_DATABASE_URL="${ADMIN%/*}/$DB" SANKOFA_REDIS_URL=${SANKOFA_REDIS_URL:-redis://127.0.0.1:6379/0} \
 SANKOFA_REDIS_PREFIX="profile$$" SANKOFA_LOG_LEVEL=warning \
   "$BIN/sankofa" serve --port "$PORT" --workers 2 > "$OUT/service.log" 2>&1 &
 SERVE=$!
 cleanup() {
   kill "$SERVE" 2>/dev/null || true; wait "$SERVE" 2>/dev/null || true
-  "$BIN/python" - "$ADMIN" "$DB" drop <<'PY' || true
-import asyncio, sys, asyncpg
-async def go():
-    c = await asyncpg.connect(sys.argv[1])
-    await c.execute(f'DROP DATABASE IF EXISTS "{sys.argv[2]}" WITH (FORCE)')
-    await c.close()
-asyncio.run(go())
-PY
+  admin_sql "DROP DATABASE IF EXISTS \"$DB\" WITH (FORCE)" || true
   "$BIN/python" - "profile$$" <<'PY' || true
 import os, sys, redis
 client = redis.Redis.from_url(os.environ.get("SANKOFA_REDIS_URL", "redis://127.0.0.1:6379/0"))

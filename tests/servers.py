@@ -86,20 +86,11 @@ def private_redis(workdir: Path, *extra: str) -> Iterator[str]:
 
 
 def postgres_bindir() -> str | None:
-    """A folder with PostgreSQL's server programs (PATH, else the newest Debian one)."""
-    programs = ("initdb", "postgres", "pg_basebackup")
-    found = shutil.which("initdb")
-    candidates = [str(Path(found).resolve().parent)] if found else []
-    debian = sorted(
-        Path("/usr/lib/postgresql").glob("*/bin"),
-        key=lambda d: int(d.parent.name) if d.parent.name.isdigit() else 0,
-        reverse=True,
-    )
-    candidates += [str(d) for d in debian]
-    for d in candidates:
-        if all((Path(d) / p).is_file() for p in programs):
-            return d
-    return None
+    """A folder with PostgreSQL's server programs: the native cluster's own lookup."""
+    from deploy_tools import load_local_cluster
+
+    found: str | None = load_local_cluster().postgres_bindir()
+    return found
 
 
 class PostgresPair:

@@ -102,8 +102,7 @@ class EdgeMiddleware:
             counted = False
             if services is not None and scope["path"] in _SHEDDABLE and scope["method"] == "POST":
                 priority = _priority(x_priority, rfc_priority)
-                signal = services.shedder.refuses(priority) if priority is not None else None
-                if priority is not None and signal is not None:
+                if priority is not None and (signal := services.shedder.refuses(priority)):
                     scope[PRIORITY_SCOPE_KEY] = priority.label
                     services.metrics.shed_one(priority.label)
                     services.metrics.door_shed_one(priority.label, signal)

@@ -22,12 +22,11 @@ refused transaction leaves no trace and its retry is counted exactly once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import asyncpg
 import numpy as np
@@ -56,6 +55,7 @@ from sankofa.metrics import Metrics
 from sankofa.queues.dispatcher import Job
 from sankofa.queues.priority import Priority
 from sankofa.store import repository as repo
+from sankofa.store.db import discard_on_failure
 
 log = logging.getLogger(__name__)
 
@@ -80,23 +80,6 @@ def _stored_as_is(existing: dict[str, repo.StoredDecision], tx: Transaction) -> 
     return stored is not None and stored.content_hash == tx.content_hash
 
 
-@contextlib.asynccontextmanager
-async def _discard_on_failure(conn: asyncpg.Connection) -> AsyncIterator[None]:
-    """Close a connection an operation failed on for a reason other than the data.
-
-    A batch cancelled by its deadline mid-COPY, or a server that went away, can
-    leave the connection between two protocol states; handed back to the pool it
-    fails the next batch with an internal error. Closing it costs one reconnect.
-    """
-    try:
-        yield
-    except (asyncpg.UniqueViolationError, _Unstorable, SankofaError):
-        raise
-    except BaseException:
-        conn.terminate()
-        raise
-
-
 @dataclass(frozen=True, slots=True)
 class ScoreRequest:
     transactions: list[Transaction]
@@ -111,6 +94,10 @@ _ADDED_ALL = ADDED_CUSTOMER | ADDED_TERMINAL
 
 class _Unstorable(Exception):
     """The database refused a value of this batch (see ScoringEngine.handle)."""
+
+
+#: Failures about the data (or ours, already answered): the connection stays sound.
+_DATA_ERRORS: Final = (asyncpg.UniqueViolationError, _Unstorable, SankofaError)
 
 
 class ScoringEngine:
@@ -257,7 +244,10 @@ class ScoringEngine:
                 records, outs = self._decide(
                     jobs, new_txs, new_job, matrix, started, degraded=degraded
                 )
-                async with self._pool.acquire() as conn, _discard_on_failure(conn):
+                async with (
+                    self._pool.acquire() as conn,
+                    discard_on_failure(conn, keep_on=_DATA_ERRORS),
+                ):
                     # An id the feature store already held is most likely a replay:
                     # only those need a look in the database before the write.
                     held = [

@@ -40,10 +40,8 @@ from collections.abc import Callable, Mapping
 
 from sankofa.queues.priority import Priority
 
-#: How often the signals are sampled, and the weight of the newest lag sample
-#: in the smoothed lag (reported, not used to decide).
+#: How often the signals are sampled.
 SAMPLE_EVERY_S = 0.005
-_ALPHA = 0.3
 #: Default time a signal must stay above a class's limit before it refuses.
 SUSTAIN_S = 0.15
 #: Default time a refusing class's signals must stay clear before it is served again.
@@ -82,8 +80,6 @@ class LoadShedder:
         self._release_s = release_s
         #: The event loop's clock unless a test injects one.
         self._clock = clock if clock is not None else _loop_time
-        #: Smoothed lag, for reporting.
-        self.lag_s = 0.0
         #: Scoring requests admitted and not yet answered, in this process.
         self.in_progress = 0
         #: Per class: since when (loop time) every sample has been above its
@@ -115,7 +111,6 @@ class LoadShedder:
 
     def observe(self, late_s: float, now: float) -> None:
         """Take one sample: how late the timer fired, at loop time ``now``."""
-        self.lag_s += _ALPHA * (late_s - self.lag_s)
         for priority in Priority:
             threshold = self._thresholds[priority]
             limit = self._limits[priority]

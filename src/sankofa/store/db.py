@@ -7,8 +7,10 @@ starting at once apply each file exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Final
@@ -101,3 +103,24 @@ async def create_pool(
         server_settings=SERVER_SETTINGS,
         **kwargs,
     )
+
+
+@contextlib.asynccontextmanager
+async def discard_on_failure(
+    conn: asyncpg.Connection, *, keep_on: tuple[type[BaseException], ...] = ()
+) -> AsyncIterator[None]:
+    """Close a connection an operation failed on, unless the failure is one of
+    ``keep_on`` (errors about the data, which leave the connection sound).
+
+    A query cancelled by its deadline mid-operation, or a server that went away,
+    can leave the connection between two protocol states; handed back to the
+    pool it fails the next user with an internal error. Closing it costs one
+    reconnect.
+    """
+    try:
+        yield
+    except keep_on:
+        raise
+    except BaseException:
+        conn.terminate()
+        raise

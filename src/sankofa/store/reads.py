@@ -23,13 +23,14 @@ connection with ``connect_for_reads``: the replica, else the primary.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Final, Literal, TypeVar
 
 import asyncpg
+
+from sankofa.store.db import discard_on_failure
 
 log = logging.getLogger(__name__)
 
@@ -47,17 +48,6 @@ REPLICA_FAILURES: Final[tuple[type[BaseException], ...]] = (
     OSError,
     TimeoutError,
 )
-
-
-@contextlib.asynccontextmanager
-async def _discard_on_failure(conn: asyncpg.Connection) -> AsyncIterator[None]:
-    # A read cancelled by its timeout mid-query can leave the connection between
-    # two protocol states; handed back to the pool it would fail the next read.
-    try:
-        yield
-    except BaseException:
-        conn.terminate()
-        raise
 
 
 class ReadPools:
@@ -112,7 +102,7 @@ class ReadPools:
             else:
                 try:
                     async with asyncio.timeout(self._replica_timeout_s):
-                        async with replica.acquire() as conn, _discard_on_failure(conn):
+                        async with replica.acquire() as conn, discard_on_failure(conn):
                             found = await query(conn)
                 except REPLICA_FAILURES as exc:
                     self._replica_failed(exc)
@@ -135,7 +125,7 @@ class ReadPools:
             return "not_configured"
         try:
             async with asyncio.timeout(timeout_s):
-                async with replica.acquire() as conn, _discard_on_failure(conn):
+                async with replica.acquire() as conn, discard_on_failure(conn):
                     await conn.fetchval("SELECT 1")
         except REPLICA_FAILURES as exc:
             self._replica_failed(exc)
