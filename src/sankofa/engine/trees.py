@@ -49,13 +49,13 @@ FloatArray = npt.NDArray[np.float64]
 IndexArray = npt.NDArray[np.intp]
 
 FORMAT: Final = "sankofa.gbdt/1"
-#: Rows scored per block: a block's (rows x trees x 8) split outcomes and
-#: (rows x pairs) contribution gathers stay within cache, and memory stays
-#: bounded whatever the number of rows (one block of 1.75 million rows was
-#: killed for memory). Measured on the shared 2-core machine (medians, noisy):
-#: 4096 rows in one block 170-220 ms, in blocks of 128 rows 40-67 ms; blocks
-#: of 64 were no faster. Scores do not depend on it.
-ROWS_PER_BLOCK: Final = 128
+#: Rows scored per block: a block's (pairs x rows) contribution indices and
+#: gathers (``tree_eval.LeafCodes.evaluate``) stay within cache, and memory
+#: stays bounded whatever the number of rows (one block of 1.75 million rows
+#: was killed for memory). Measured (a scratch loop over ``predict``) on the shared
+#: 2-core machine (best of many, noisy): 1000 rows in blocks of 128, 256 and 512
+#: took 3.5-4.0 ms alike, in blocks of 1024 4.3 ms. Scores do not depend on it.
+ROWS_PER_BLOCK: Final = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,13 +204,12 @@ class TreeEnsembleModel:
     def _predict_block(self, z: FloatArray) -> tuple[FloatArray, FloatArray]:
         """Calibrated scores and contributions of a block of model inputs."""
         if self._codes is not None:
-            codes = self._codes.codes_of(z)
-            leaves = self._codes.leaf[codes + self._codes._tree_base]
-            credit = self._codes.contributions(codes, z.shape[1])
+            change, credit = self._codes.evaluate(z, z.shape[1])
+            margin = change + self._bias
         else:
             leaves = walk(self.trees, z, self.depth)
             credit = self._paths.contributions(leaves, z.shape[1])
-        margin = self.trees.value[leaves].sum(axis=1)
+            margin = self.trees.value[leaves].sum(axis=1)
         cal = self.calibration
         credit *= cal.slope
         return sigmoid(cal.slope * margin + cal.intercept), credit
