@@ -1,7 +1,7 @@
 """The application factory and the lifespan that owns every resource.
 
 Start order: PostgreSQL pool (and migrations), the read replica's pool (when
-one is configured; store/reads.py), Redis client, feature store,
+one is configured; store/reads.py), Redis client, the layered cache, feature store,
 model (and the shadow model, when one is set), scoring engine, dispatcher. Shutdown runs in reverse: the dispatcher
 drains first (intake stops, queued work is served until the grace deadline,
 the rest is answered 503), then Redis and the pools close.
@@ -28,8 +28,9 @@ from sankofa.api import bench_routes, problems, schemas
 from sankofa.api.body import BodyDeadlines
 from sankofa.api.edge import EdgeMiddleware
 from sankofa.api.lifecycle import GracefulShutdown
-from sankofa.api.routes import router
+from sankofa.api.routes import TRANSACTIONS_CACHE, router, transaction_view_loader
 from sankofa.api.services import Services
+from sankofa.cache import BytesCodec, open_cache
 from sankofa.engine.decision import DecisionPolicy
 from sankofa.engine.feature_guard import FeatureGuard
 from sankofa.engine.features_online import FeatureStore
@@ -132,6 +133,24 @@ async def open_services(
 
         redis = redis_client(settings)
         stack.push_async_callback(redis.aclose)
+        cache = await stack.enter_async_context(
+            open_cache(
+                redis_url=settings.cache_redis_url or settings.redis_url,
+                prefix=settings.redis_prefix,
+                registry=metrics.registry,
+                timeout_s=settings.cache_timeout_s,
+                retry_s=settings.cache_retry_s,
+            )
+        )
+        # Stored decisions never change; their label does (invalidated on POST /v1/labels).
+        cache.register(
+            TRANSACTIONS_CACHE,
+            transaction_view_loader(reads),
+            codec=BytesCodec(),
+            l1_max_entries=settings.cache_l1_max_entries,
+            l1_ttl_s=settings.cache_l1_ttl_s,
+            l2_ttl_s=settings.cache_l2_ttl_s,
+        )
         features = FeatureStore(
             redis=redis,
             prefix=settings.redis_prefix,
@@ -217,6 +236,7 @@ async def open_services(
             body_deadlines=body_deadlines,
             shedder=shedder,
             guard=guard,
+            cache=cache,
         )
 
 

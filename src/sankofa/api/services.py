@@ -8,6 +8,7 @@ import asyncpg
 from redis.asyncio import Redis
 
 from sankofa.api.body import BodyDeadlines
+from sankofa.cache import LayeredCache
 from sankofa.engine.feature_guard import FeatureGuard
 from sankofa.engine.features_online import FeatureStore
 from sankofa.engine.scorer import DecisionOut, ScoreRequest, ScoringEngine
@@ -35,3 +36,5 @@ class Services:
     body_deadlines: BodyDeadlines
     shedder: LoadShedder
     guard: FeatureGuard
+    #: The layered cache's namespaces (``sankofa.cache.layered``).
+    cache: LayeredCache
