@@ -9,6 +9,7 @@
     |   +-- RequestTimeoutError       408 the body did not arrive in time
     |   +-- HeadersTooLargeError      431
     |   +-- UnsupportedMediaTypeError 415
+    |   |   +-- UnsupportedContentEncodingError  415 not gzip or identity
     |   +-- InvalidFieldError         422 one or more fields break a rule
     |   +-- ConflictError             409 same transaction id, other content
     |   +-- UnstorableValueError      422 passed validation, refused by the database
@@ -77,6 +78,11 @@ class UnsupportedMediaTypeError(RequestError):
     status = 415
     type_slug = "unsupported-media-type"
     title = "Unsupported media type"
+
+
+class UnsupportedContentEncodingError(UnsupportedMediaTypeError):
+    type_slug = "unsupported-content-encoding"
+    title = "Unsupported content encoding"
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from sankofa import __version__
 from sankofa.api import bench_routes, problems, schemas
 from sankofa.api.body import BodyDeadlines
+from sankofa.api.compression import GzipResponses
 from sankofa.api.edge import EdgeMiddleware
 from sankofa.api.lifecycle import GracefulShutdown
 from sankofa.api.routes import TRANSACTIONS_CACHE, router, transaction_view_loader
@@ -366,6 +367,8 @@ def create_app(
     if settings.benchmark_endpoints:
         app.include_router(bench_routes.router)
     problems.install(app)
+    # Inside the edge: its timing and request id cover the compression too.
+    app.add_middleware(GzipResponses, min_bytes=settings.gzip_min_bytes, level=settings.gzip_level)
     app.add_middleware(EdgeMiddleware, services_of=_services_of)
 
     def openapi() -> dict[str, Any]:

@@ -26,6 +26,7 @@ from sankofa.errors import (
     InvalidFieldError,
     SankofaError,
     UnavailableError,
+    UnsupportedContentEncodingError,
 )
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,9 @@ def from_error(exc: SankofaError, instance: str | None = None) -> Response:
         extra["indexes"] = exc.indexes
     if isinstance(exc, (UnavailableError, DeadlineExceededError)):
         headers = _retry_after(exc.retry_after_s)
+    if isinstance(exc, UnsupportedContentEncodingError):
+        # RFC 9110 15.5.16: say which coding would have been accepted.
+        headers = {"Accept-Encoding": "gzip"}
     if isinstance(exc, DrainingError):
         # Shutting down: the client should reconnect (to another instance).
         headers = {**(headers or {}), "Connection": "close"}
