@@ -160,6 +160,29 @@ async def test_overlapping_batches_share_the_flight(make_cache: CacheFactory, ta
     assert await table.loads() == 2  # {a, b} and {c, zz}: b was read once
 
 
+async def test_a_cancelled_reader_leaves_the_load_to_the_others(
+    make_cache: CacheFactory, table: Table
+) -> None:
+    cache, _ = await make_cache()
+    slow_loads = 0
+
+    async def slow(keys: Sequence[str]) -> dict[str, str]:
+        nonlocal slow_loads
+        slow_loads += 1
+        async with table.pool.acquire() as conn:
+            await conn.execute("SELECT pg_sleep(0.2)")
+        return await table.load_many(keys)
+
+    cache.register("slow", slow)
+    first = asyncio.create_task(cache.get("slow", "a"))
+    second = asyncio.create_task(cache.get("slow", "a"))
+    await asyncio.sleep(0.05)  # both are waiting on the one load now
+    first.cancel()
+    assert await second == "alpha"
+    assert first.cancelled()
+    assert slow_loads == 1
+
+
 async def test_second_instance_reads_l2_without_loading(
     make_cache: CacheFactory, table: Table
 ) -> None:
