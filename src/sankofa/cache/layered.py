@@ -21,6 +21,11 @@ Plugging a new kind of data in (rules, lists, limits, profiles)
 4. After every write to the source of truth has committed:
    ``await cache.invalidate("rules", keys)``.
 
+Where absence is the common answer (a customer on no hot list), cache it too:
+``l1_negative_ttl_s`` / ``l2_negative_ttl_s``, and invalidate on inserts as well
+as on updates and deletes. A whole batch reads with one ``get_many`` call: one
+pass over L1, at most one Redis round trip and one load for what is left.
+
 Keys are strings; values must be treated as immutable (L1 hands the same object
 to every reader) and must survive the codec (``JsonCodec`` for JSON-shaped
 values, ``BytesCodec`` for a rendered body). Changing a value's encoding means
