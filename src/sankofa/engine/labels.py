@@ -60,25 +60,29 @@ def parse_labels(
             issues.append(FieldIssue(f"{where}.{k}", "unknown field"))
         txid = obj.get("transaction_id")
         if not (isinstance(txid, str) and _TXID.fullmatch(txid)):
-            why = (
-                _missing(obj, "transaction_id") or "must be 1-64 characters of A-Z a-z 0-9 . _ : -"
+            issues.append(
+                FieldIssue(
+                    f"{where}.transaction_id",
+                    _missing(obj, "transaction_id")
+                    or "must be 1-64 characters of A-Z a-z 0-9 . _ : -",
+                )
             )
-            issues.append(FieldIssue(f"{where}.transaction_id", why))
             continue
         first = seen.setdefault(txid, i)
         if first != i:
             issues.append(FieldIssue(f"{where}.transaction_id", f"repeats label {first}"))
         fraud = obj.get("fraud")
         if not isinstance(fraud, bool):
-            why = _missing(obj, "fraud") or "must be true or false"
-            issues.append(FieldIssue(f"{where}.fraud", why))
+            issues.append(
+                FieldIssue(f"{where}.fraud", _missing(obj, "fraud") or "must be true or false")
+            )
             continue
         if obj.get("labelled_at") is None:
             out.append(LabelIn(txid, fraud, now, labelled_at_given=False))
             continue
-        labelled_at, why = parse_timestamp(obj["labelled_at"], latest_s)
-        if why:
-            issues.append(FieldIssue(f"{where}.labelled_at", why))
+        labelled_at, refused = parse_timestamp(obj["labelled_at"], latest_s)
+        if refused:
+            issues.append(FieldIssue(f"{where}.labelled_at", refused))
             continue
         out.append(LabelIn(txid, fraud, labelled_at))
     if issues:
