@@ -13,9 +13,9 @@ Documented rules beyond the field table:
   ``"1e3"`` and ``"12,50"`` are refused. Either way at most two decimals,
   greater than 0, at most 10^12.
 * ``timestamp``: ``YYYY-MM-DDTHH:MM:SS[.fraction](Z|+HH:MM|-HH:MM)``. A time
-  without an offset is refused, and so is an offset beyond -14:00 / +14:00. Leap seconds (second 60) are refused, since no
-  event time can be computed for them. Night and weekend are computed in the
-  timestamp's own offset.
+  without an offset is refused, and so is an offset beyond -14:00 / +14:00.
+  Leap seconds (second 60) are refused, since no event time can be computed
+  for them. Night and weekend are computed in the timestamp's own offset.
 * Identifiers (``customer_id``, ``terminal_id``, ``device_id``) are strings of
   1-128 printable characters, not starting or ending with whitespace.
 * ``null`` is refused where the schema has no null: in a required field ("is
@@ -23,8 +23,8 @@ Documented rules beyond the field table:
   get their defaults. The optional ``channel``, ``device_id``, ``ip_address`` and
   ``metadata`` take null as absent.
 * ``ip_address``: IPv4 or IPv6, without an IPv6 zone (``fe80::1%eth0`` is
-  refused: the zone means something only on the sender's host). Unknown fields are refused, so a misspelt field
-  never passes silently.
+  refused: the zone means something only on the sender's host).
+* Unknown fields are refused, so a misspelt field never passes silently.
 """
 
 from __future__ import annotations

@@ -218,6 +218,8 @@ async def store_labels(
     """Upsert labels (a later ``labelled_at`` wins). Returns, for the feature store,
     (terminal_id, transaction_id, event_time_s, fraud) of the labels now in force,
     and the indexes of labels naming unknown transactions (nothing is stored then).
+    A label dated before its transaction raises InvalidFieldError (nothing is
+    stored); one whose ``labelled_at`` was not given is dated no earlier than it.
     """
     ids = [lb.transaction_id for lb in labels]
     known = await conn.fetch(
