@@ -291,11 +291,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from sankofa.embedded import EmbeddedUnavailableError, embedded_servers
     from sankofa.logs import configure_logging, uvicorn_log_config
     from sankofa.settings import Settings
+    from sankofa.tls import serve, uvicorn_tls_options
 
     settings = Settings(
         **{
@@ -345,6 +344,8 @@ def _serve(args: argparse.Namespace) -> int:
                         settings.log_level,
                         grace,
                         log_format=settings.log_format,
+                        tls_certfile=settings.tls_certfile,
+                        tls_keyfile=settings.tls_keyfile,
                     )
                     niceness = settings.bulk_niceness
                 config = WorkerConfig(
@@ -354,6 +355,8 @@ def _serve(args: argparse.Namespace) -> int:
                     grace,
                     niceness,
                     log_format=settings.log_format,
+                    tls_certfile=settings.tls_certfile,
+                    tls_keyfile=settings.tls_keyfile,
                 )
                 return Supervisor(config, settings.workers, lane).run()
             # uvicorn shuts down gracefully on SIGTERM / SIGINT, then raises the
@@ -361,7 +364,7 @@ def _serve(args: argparse.Namespace) -> int:
             # SystemExit here lets the embedded servers stop cleanly.
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, _exit_on_signal)
-            uvicorn.run(
+            return serve(
                 "sankofa.api.asgi:make_app",
                 factory=True,
                 host=settings.host,
@@ -370,11 +373,11 @@ def _serve(args: argparse.Namespace) -> int:
                 access_log=False,
                 timeout_graceful_shutdown=grace,
                 **uvicorn_log_config(settings.log_format),
+                **uvicorn_tls_options(settings.tls_certfile, settings.tls_keyfile),
             )
     except EmbeddedUnavailableError as exc:
         print(f"sankofa serve: {exc}", file=sys.stderr)
         return 2
-    return 0
 
 
 def _exit_on_signal(signum: int, frame: object) -> None:

@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     #: priority (bulk_niceness). None: no lane.
     critical_port: int | None = Field(default=None, ge=1, le=65535)
     bulk_niceness: int = Field(default=5, ge=0, le=19)
+    #: Serve HTTPS, TLS 1.3 only, with this certificate (PEM, the chain after the
+    #: leaf) and its private key (PEM, unencrypted), on every port (sankofa.tls).
+    #: Unset: plain HTTP, for a TLS-terminating proxy in front (deploy/nginx).
+    tls_certfile: Path | None = None
+    tls_keyfile: Path | None = None
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     #: The service's log lines on stderr (sankofa.logs): one JSON object per line
     #: for a log collector, or the old human-readable text. Only ``sankofa serve``
@@ -138,6 +143,11 @@ class Settings(BaseSettings):
             raise ValueError("SANKOFA_HMAC_KEY must be set to a secret outside development")
         if len(self.hmac_key.get_secret_value()) < 16:
             raise ValueError("SANKOFA_HMAC_KEY must be at least 16 characters")
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError("SANKOFA_TLS_CERTFILE and SANKOFA_TLS_KEYFILE must be set together")
+        for name, path in (("CERTFILE", self.tls_certfile), ("KEYFILE", self.tls_keyfile)):
+            if path is not None and not path.is_file():
+                raise ValueError(f"SANKOFA_TLS_{name} is not a readable file: {path}")
         if self.db_pool_min > self.db_pool_max:
             raise ValueError("SANKOFA_DB_POOL_MIN must not exceed SANKOFA_DB_POOL_MAX")
         if (

@@ -51,7 +51,7 @@ def _services(request: Request) -> Services:
     "/v1/transactions",
     summary="Score one transaction",
     response_model=schemas.DecisionOut,
-    responses=schemas.PROBLEM_RESPONSES,
+    responses=schemas.SCORING_RESPONSES,
     openapi_extra=schemas.body_ref("TransactionIn", headers=True),
     tags=["scoring"],
 )
@@ -73,7 +73,7 @@ async def score_one(request: Request) -> Response:
     "/v1/transactions/batch",
     summary="Score up to 1000 transactions; results in the same order",
     response_model=schemas.BatchDecisionOut,
-    responses=schemas.PROBLEM_RESPONSES,
+    responses=schemas.SCORING_RESPONSES,
     openapi_extra=schemas.body_ref("TransactionBatchIn", headers=True),
     tags=["scoring"],
 )
@@ -106,7 +106,7 @@ async def score_batch(request: Request) -> Response:
     "/v1/labels",
     summary="Record labels (fraud or not) learnt after the fact",
     response_model=schemas.LabelsOut,
-    responses=schemas.PROBLEM_RESPONSES,
+    responses=schemas.LABELS_RESPONSES,
     openapi_extra=schemas.body_ref("LabelsIn"),
     tags=["labels"],
 )
@@ -147,7 +147,7 @@ async def post_labels(request: Request) -> Response:
 @router.get(
     "/v1/transactions/{transaction_id}",
     summary="The stored transaction and its decision",
-    responses=schemas.PROBLEM_RESPONSES,
+    responses=schemas.READ_RESPONSES,
     tags=["reads"],
 )
 async def get_transaction(request: Request, transaction_id: str) -> Response:

@@ -13,12 +13,18 @@ Documented rules beyond the field table:
   ``"1e3"`` and ``"12,50"`` are refused. Either way at most two decimals,
   greater than 0, at most 10^12.
 * ``timestamp``: ``YYYY-MM-DDTHH:MM:SS[.fraction](Z|+HH:MM|-HH:MM)``. A time
-  without an offset is refused. Leap seconds (second 60) are refused, since no
-  event time can be computed for them. Night and weekend are computed in the
-  timestamp's own offset.
+  without an offset is refused, and so is an offset beyond -14:00 / +14:00.
+  Leap seconds (second 60) are refused, since no event time can be computed
+  for them. Night and weekend are computed in the timestamp's own offset.
 * Identifiers (``customer_id``, ``terminal_id``, ``device_id``) are strings of
-  1-128 printable characters. Unknown fields are refused, so a misspelt field
-  never passes silently.
+  1-128 printable characters, not starting or ending with whitespace.
+* ``null`` is refused where the schema has no null: in a required field ("is
+  required, not null"), and in ``type`` and ``currency``, which are left out to
+  get their defaults. The optional ``channel``, ``device_id``, ``ip_address`` and
+  ``metadata`` take null as absent.
+* ``ip_address``: IPv4 or IPv6, without an IPv6 zone (``fe80::1%eth0`` is
+  refused: the zone means something only on the sender's host).
+* Unknown fields are refused, so a misspelt field never passes silently.
 """
 
 from __future__ import annotations
@@ -119,7 +125,7 @@ class _Issues:
 #: these, the C parser is exact and several times faster than building by hand.
 _RFC3339_FAST: Final = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-5][0-9](?:\.[0-9]{1,9})?"
-    r"(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
+    r"(?:Z|[+-](?:(?:0[0-9]|1[0-3]):[0-5][0-9]|14:00))"
 )
 
 
@@ -177,8 +183,8 @@ def _parse_timestamp_slowly(value: object) -> tuple[datetime, str | None]:
         tz = _UTC
     else:
         oh, om = int(off[1:3]), int(off[4:6])
-        if oh > 23 or om > 59:
-            return _EPOCH, "offset must be between -23:59 and +23:59"
+        if om > 59 or oh * 60 + om > MAX_OFFSET_MINUTES:
+            return _EPOCH, "offset must be between -14:00 and +14:00"
         sign = -1 if off[0] == "-" else 1
         tz = timezone(sign * timedelta(hours=oh, minutes=om))
     micro = int((frac or "0").ljust(6, "0")[:6])
@@ -192,6 +198,10 @@ def _parse_timestamp_slowly(value: object) -> tuple[datetime, str | None]:
 
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=_UTC)
+#: No place on Earth keeps a UTC offset beyond +14:00 (Kiribati) or -12:00; RFC
+#: 3339 allows up to 23:59, which only a typo or a forged time would use, and a
+#: +20:00 would move night and weekend by most of a day.
+MAX_OFFSET_MINUTES: Final = 14 * 60
 #: Numbers in metadata must survive a round trip through any JSON parser (2^53).
 _EXACT_FLOAT_LIMIT: Final = float(2**53)
 #: The only control characters a metadata text may hold (PostgreSQL refuses NUL).
@@ -260,6 +270,10 @@ def _identifier(value: object, issues: _Issues, field: str, max_chars: int) -> s
         return None
     if not value.isprintable():
         issues.add(field, "must not contain control or non-printable characters")
+        return None
+    if value[0].isspace() or value[-1].isspace():
+        # " cust-1" and "cust-1" would be two customers with separate histories.
+        issues.add(field, "must not start or end with whitespace")
         return None
     return value
 
@@ -385,7 +399,7 @@ class TransactionParser:
                 issues.add(str(name), "unknown field")
         for name in _REQUIRED:
             if obj.get(name) is None:
-                issues.add(name, "is required")
+                issues.add(name, "is required" if name not in obj else "is required, not null")
 
         txid = obj.get("transaction_id")
         if txid is not None and not (isinstance(txid, str) and _TXID.fullmatch(txid)):
@@ -405,10 +419,12 @@ class TransactionParser:
             if why:
                 issues.add("amount", why)
 
+        # A field with a default is left out to get the default; an explicit null
+        # is refused like any other value of the wrong type (the schema says so).
         currency = obj.get("currency", C.DEFAULT_CURRENCY)
         if currency is None:
-            currency = C.DEFAULT_CURRENCY
-        if not (isinstance(currency, str) and currency in C.ISO_4217):
+            issues.add("currency", "must not be null; leave it out for BRL")
+        elif not (isinstance(currency, str) and currency in C.ISO_4217):
             issues.add("currency", "must be an ISO 4217 currency code in capitals, e.g. BRL")
 
         customer = obj.get("customer_id")
@@ -420,8 +436,8 @@ class TransactionParser:
 
         tx_type = obj.get("type", C.DEFAULT_TYPE)
         if tx_type is None:
-            tx_type = C.DEFAULT_TYPE
-        if tx_type not in C.TRANSACTION_TYPES:
+            issues.add("type", f"must not be null; leave it out for {C.DEFAULT_TYPE}")
+        elif tx_type not in C.TRANSACTION_TYPES:
             issues.add("type", f"must be one of {', '.join(C.TRANSACTION_TYPES)}")
 
         channel = obj.get("channel")
@@ -436,9 +452,17 @@ class TransactionParser:
             try:
                 if not isinstance(ip, str):
                     raise ValueError
-                ip_text = str(ipaddress.ip_address(ip))
+                addr = ipaddress.ip_address(ip)
             except ValueError:
                 issues.add("ip_address", "must be an IPv4 or IPv6 address")
+            else:
+                if isinstance(addr, ipaddress.IPv6Address) and addr.scope_id is not None:
+                    # fe80::1%eth0: the zone names an interface of the sender's own
+                    # host, meaningless here, and the same address with two zone
+                    # spellings would get two pseudonyms.
+                    issues.add("ip_address", "must not carry a zone (%...); send the address alone")
+                else:
+                    ip_text = str(addr)
         metadata = _metadata(obj.get("metadata"), issues, self._max_metadata_bytes)
 
         if issues.items:
