@@ -52,6 +52,9 @@ COLUMNS: Final = (
     "shadow_risk_score",
     "shadow_decision",
     "shadow_model_version",
+    # PCI DSS (0005): the card's keyed HMAC token and last four digits; never the PAN.
+    "card_token",
+    "card_last4",
 )
 #: dtype of a stored feature vector's elements.
 FEATURE_DTYPE: Final = np.dtype(">f8")
@@ -121,6 +124,8 @@ def record(
         shadow_risk_score,
         shadow_decision,
         shadow_model_version,
+        tx.card_token,
+        tx.card_last4,
     )
 
 
