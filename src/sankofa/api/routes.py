@@ -27,6 +27,7 @@ from sankofa.errors import (
     StorageUnavailableError,
 )
 from sankofa.metrics import PRIORITY_SCOPE_KEY
+from sankofa.privacy.cards import looks_like_pan
 from sankofa.store import audit
 from sankofa.store import repository as repo
 
@@ -178,6 +179,11 @@ async def get_transaction(request: Request, transaction_id: str) -> Response:
     if not _TXID.fullmatch(transaction_id):
         raise InvalidFieldError(
             [FieldIssue("transaction_id", "must be 1-64 characters of A-Z a-z 0-9 . _ : -")]
+        )
+    if looks_like_pan(transaction_id):
+        # Never stored, so never found; refused rather than quoted back in a 404.
+        raise InvalidFieldError(
+            [FieldIssue("transaction_id", "looks like a card number (PAN); never stored")]
         )
     try:
         # The replica when configured; the primary if it lags (not found there)

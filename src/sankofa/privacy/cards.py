@@ -45,6 +45,18 @@ def looks_like_pan(text: str) -> bool:
     return False
 
 
+def mask_pans(text: str) -> str:
+    """``text`` with each PAN-looking run replaced by ``[PAN]`` (for paths quoted back)."""
+    if len(text) < MIN_PAN_DIGITS:
+        return text
+
+    def mask(m: re.Match[str]) -> str:
+        digits = m.group().translate(_SEPARATORS)
+        return "[PAN]" if len(digits) <= MAX_PAN_DIGITS and luhn_ok(digits) else m.group()
+
+    return _RUN.sub(mask, text)
+
+
 def pan_digits(value: object) -> str | None:
     """The digits of a card field's value, or None when it is not a valid PAN."""
     if not isinstance(value, str) or not _CARD_FIELD.fullmatch(value):
