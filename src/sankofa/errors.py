@@ -112,7 +112,7 @@ class InvalidFieldError(RequestError):
         self.issues = list(issues)
         first = self.issues[0]
         more = f" (and {len(self.issues) - 1} more)" if len(self.issues) > 1 else ""
-        super().__init__(f"{first.field}: {first.message}{more}")
+        super().__init__(f"{mask_pans(first.field)}: {first.message}{more}")
 
 
 class ConflictError(RequestError):
