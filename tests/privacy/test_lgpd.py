@@ -115,6 +115,7 @@ async def test_erasure_strips_personal_data_and_keeps_decisions(
         for i in range(3)
     ]
     other = tx(9, customer_id="someone-else", metadata={"k": "v"})
+    start = await db.fetchval("SELECT seq FROM audit_head")
     r = await client.post("/v1/transactions/batch", json={"transactions": [*person, other]})
     assert r.status_code == 200, r.text
     ref = await db.fetchval("SELECT customer_ref FROM transactions WHERE transaction_id = 'tx-0'")
@@ -166,7 +167,9 @@ async def test_erasure_strips_personal_data_and_keeps_decisions(
     text = trail[0]["payload"]
     assert CPF_DIGITS not in text and ref not in text and "Maria" not in text
     batch_seq = await db.fetchval(
-        "SELECT seq FROM audit_trail WHERE kind = 'decision_batch' AND details->'transaction_ids' ? 'tx-0'"
+        "SELECT seq FROM audit_trail WHERE kind = 'decision_batch' AND seq > $1"
+        " AND details->'transaction_ids' ? 'tx-0'",
+        start,
     )
     batch = orjson.loads(
         await db.fetchval("SELECT payload FROM audit_log WHERE seq = $1", batch_seq)

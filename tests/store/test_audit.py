@@ -48,11 +48,22 @@ async def test_a_decision_batch_is_one_record_with_its_ids_and_digest(
     r = await client.post("/v1/transactions/batch", json=body)
     assert r.status_code == 200, r.text
     records = [p for p in await _trail(db, before) if p["kind"] == "decision_batch"]
-    ids = sorted(t["transaction_id"] for t in body["transactions"])
-    assert [p["details"]["transaction_ids"] for p in records] == [ids]
-    assert records[0]["details"]["count"] == 5
-    digest = await db.fetchval(audit._DIGEST_SQL.replace("count(*) AS n,", ""), ids)
-    assert records[0]["details"]["digest"] == digest
+    ids = [t["transaction_id"] for t in body["transactions"]]
+    assert len(records) == 1 and records[0]["details"]["count"] == 5
+    listed = records[0]["details"]["transaction_ids"]
+    assert sorted(listed) == sorted(ids)
+    row = await db.fetchrow(audit._DIGEST_SQL, listed)
+    assert row["n"] == 5 and records[0]["details"]["digest"] == row["digest"]
+    # The digest covers the decisions: another decision gives another digest.
+    tr = db.transaction()
+    await tr.start()
+    try:
+        await db.execute(
+            "UPDATE transactions SET decision = 'decline' WHERE transaction_id = $1", ids[0]
+        )
+        assert (await db.fetchrow(audit._DIGEST_SQL, listed))["digest"] != row["digest"]
+    finally:
+        await tr.rollback()
     # A replay stores nothing and records nothing.
     seq = await _head(db)
     r = await client.post("/v1/transactions/batch", json=body)

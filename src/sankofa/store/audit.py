@@ -121,12 +121,13 @@ class VerifyReport:
         }
 
 
+#: A batch's digest from the stored rows, in the order its record lists the ids.
 _DIGEST_SQL: Final = """
-SELECT count(*) AS n,
-       encode(sha256(convert_to(
-           string_agg(audit_decision_line(t), E'\\n' ORDER BY t.transaction_id), 'UTF8')), 'hex')
+SELECT count(t.transaction_id) AS n,
+       encode(sha256(string_agg(audit_decision_line(t), '\\x0a'::bytea ORDER BY i.ord)), 'hex')
            AS digest
-FROM transactions t WHERE t.transaction_id = ANY($1::text[])
+FROM unnest($1::text[]) WITH ORDINALITY AS i (transaction_id, ord)
+LEFT JOIN transactions t USING (transaction_id)
 """
 
 
