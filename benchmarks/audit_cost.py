@@ -98,9 +98,47 @@ async def measure(url: str, reps: int) -> list[tuple[int, float, float, float, f
     return rows
 
 
+async def concurrent(url: str, writers: int, batches: int, n: int) -> dict[str, float]:
+    """Batches per second with ``writers`` connections storing at once: every
+    append waits for the head row, held until its writer commits."""
+    parser = TransactionParser(hmac_key=b"benchmark-hmac-key-0123456789", max_metadata_bytes=2048)
+    run = secrets.token_hex(3)
+    conns = [await asyncpg.connect(url) for _ in range(writers)]
+    out = {}
+    try:
+        for table in (
+            "transactions_noaudit",
+            "transactions",
+            "transactions_noaudit",
+            "transactions",
+        ):
+            work = [
+                [_records(parser, f"{run}{table}{w}{len(out)}", b * n, n) for b in range(batches)]
+                for w in range(writers)
+            ]
+
+            async def write(
+                conn: asyncpg.Connection, mine: list[list[repo.Record]], t: str
+            ) -> None:
+                for records in mine:
+                    await conn.copy_records_to_table(t, records=records, columns=repo.COLUMNS)
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(write(c, w, table) for c, w in zip(conns, work, strict=True)))
+            rate = writers * batches / (time.perf_counter() - t0)
+            key = "with audit" if table == "transactions" else "no audit"
+            out[key] = max(out.get(key, 0.0), rate)
+    finally:
+        for c in conns:
+            await c.close()
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--reps", type=int, default=200, help="batches per size and mode")
+    p.add_argument("--writers", type=int, default=4, help="concurrent writers (second table)")
+    p.add_argument("--batch", type=int, default=256, help="rows per batch (second table)")
     args = p.parse_args()
     url = os.environ.get("SANKOFA_DATABASE_URL")
     if not url:
@@ -112,6 +150,13 @@ def main() -> None:
     print("|---:|---:|---:|---:|---:|---:|")
     for n, off, on, off90, on90 in rows:
         print(f"| {n} | {off:.3f} | {on:.3f} | {on - off:+.3f} | {off90:.3f} | {on90:.3f} |")
+    rates = asyncio.run(concurrent(url, args.writers, 50, args.batch))
+    print()
+    print(f"{args.writers} writers, batches of {args.batch}, best of two runs each:")
+    print("| | batches / s | transactions / s |")
+    print("|---|---:|---:|")
+    for k, v in rates.items():
+        print(f"| {k} | {v:.0f} | {v * args.batch:.0f} |")
 
 
 if __name__ == "__main__":
