@@ -22,6 +22,7 @@ import time
 
 import asyncpg
 import numpy as np
+import orjson
 
 from sankofa.engine.transaction import TransactionParser
 from sankofa.store import repository as repo
@@ -134,6 +135,31 @@ async def concurrent(url: str, writers: int, batches: int, n: int) -> dict[str, 
     return out
 
 
+async def trigger_ms(url: str, rows: int = 1000, reps: int = 6) -> list[float]:
+    """The trigger's own time inside PostgreSQL (EXPLAIN ANALYZE of a ``rows``-row
+    INSERT, rolled back), on one connection: the first call compiles PL/pgSQL."""
+    conn = await asyncpg.connect(url)
+    cols = ", ".join(c for c in repo.COLUMNS)
+    out = []
+    try:
+        for i in range(reps):
+            tr = conn.transaction()
+            await tr.start()
+            try:
+                plan = await conn.fetch(
+                    f"EXPLAIN (ANALYZE, FORMAT JSON) INSERT INTO transactions ({cols})"
+                    f" SELECT transaction_id || 'x{i}', {cols.split(', ', 1)[1]}"
+                    f" FROM transactions_noaudit LIMIT {rows}"
+                )
+            finally:
+                await tr.rollback()
+            doc = orjson.loads(plan[0][0])[0]
+            out += [t["Time"] for t in doc.get("Triggers", []) if "audit" in t["Trigger Name"]]
+    finally:
+        await conn.close()
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--reps", type=int, default=200, help="batches per size and mode")
@@ -150,6 +176,10 @@ def main() -> None:
     print("|---:|---:|---:|---:|---:|---:|")
     for n, off, on, off90, on90 in rows:
         print(f"| {n} | {off:.3f} | {on:.3f} | {on - off:+.3f} | {off90:.3f} | {on90:.3f} |")
+    times = asyncio.run(trigger_ms(url))
+    print()
+    print("the trigger's own time for 1000 rows, ms (EXPLAIN ANALYZE; the first call")
+    print("of a session compiles it):", ", ".join(f"{t:.2f}" for t in times))
     rates = asyncio.run(concurrent(url, args.writers, 50, args.batch))
     print()
     print(f"{args.writers} writers, batches of {args.batch}, best of two runs each:")
