@@ -36,6 +36,9 @@ def test_pans_are_recognised_alone_and_inside_text(pan: str) -> None:
         "411111111111",  # 12 digits
         "41111111111111111111111",  # 23 digits: not a card number
         "4111  1111 1111 1111",  # two spaces: not one run
+        "4111 1111-1111 1111",  # mixed separators
+        "12345678-1234567",  # a run id and a counter, not a card's grouping
+        "lt20251204-1754154",
         "2018-04-01T10:00:00-03:00",
         "c-596",
         "",

@@ -1,12 +1,21 @@
 """Card numbers (PANs): recognised, tokenised, and refused where they do not belong.
 
-A PAN-looking value is a run of 13 to 19 digits, optionally grouped by single
-spaces or dashes (``4111 1111 1111 1111``, ``4111-1111-1111-1111``), that passes
-the Luhn check. The run is found anywhere in a text (``"card 4111..."``); a run
-of more than 19 digits is not a card number. One in ten random digit strings
-of that length passes the Luhn check, so numeric identifiers of 13-19 digits are
-refused one time in ten: clients should not use such identifiers (documented in
-docs/security.md).
+A PAN-looking value, anywhere in a text, is one of:
+
+* a run of 13 to 19 digits (not part of a longer run: a 25-digit number is not
+  a card number);
+* digits grouped as cards print them, with spaces or dashes (the same one
+  throughout): 4-4-4-1..4 and 4-4-4-4-3 (``4111 1111 1111 1111``), 4-6-4 and
+  4-6-5 (``3782 822463 10005``);
+
+that passes the Luhn check. Other groupings (``12345678-1234567``, an id made
+of a run number and a counter) are not taken for cards. One random string of
+13-19 digits in ten passes the Luhn check, so numeric identifiers of that
+length are refused one time in ten: clients should not use such identifiers
+(docs/security.md).
+
+The card field itself is more lenient (single spaces or dashes anywhere
+between digits): a PAN is expected there, and only its token is kept.
 """
 
 from __future__ import annotations
@@ -16,8 +25,13 @@ import hmac
 import re
 from typing import Final
 
-#: Digits with at most one space or dash between two of them, 13 or more digits.
-_RUN: Final = re.compile(r"[0-9](?:[ -]?[0-9]){12,}")
+_RUN: Final = re.compile(
+    r"(?<![0-9])(?:"
+    r"[0-9]{13,19}"
+    r"|[0-9]{4}([ -])[0-9]{4}\1[0-9]{4}\1[0-9]{1,4}(?:\1[0-9]{3})?"
+    r"|[0-9]{4}([ -])[0-9]{6}\2[0-9]{4,5}"
+    r")(?![0-9])"
+)
 _SEPARATORS: Final = str.maketrans("", "", " -")
 _CARD_FIELD: Final = re.compile(r"[0-9](?:[ -]?[0-9]){12,18}")
 MIN_PAN_DIGITS: Final = 13
