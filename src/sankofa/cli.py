@@ -11,6 +11,8 @@
     sankofa features compare --raw FILE --published FILE
     sankofa features rebuild
     sankofa loadtest  run|ceiling ...
+    sankofa audit     verify [--decisions --anchor SEQ:HASH] | head
+    sankofa privacy   retention [--days N --dry-run]
 
 Operators script these names and options; they stay stable. Settings come
 from ``SANKOFA_*`` variables; options given here override them.
@@ -217,6 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_loadtest_parser(sub)
 
+    from sankofa.privacy.cli import add_privacy_parser
+    from sankofa.store.audit import add_audit_parser
+
+    add_audit_parser(sub)
+    add_privacy_parser(sub)
+
     s = sub.add_parser(
         "evaluate",
         help="evaluate on the handbook's protocol",
@@ -283,6 +291,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sankofa.evaluation.tune import main_tune
 
         return main_tune(args)
+    if args.command == "audit":
+        from sankofa.store.audit import run_audit
+
+        return run_audit(args)
+    if args.command == "privacy":
+        from sankofa.privacy.cli import run_privacy
+
+        return run_privacy(args)
     if args.command == "shadow":
         from sankofa.store.shadow import run_shadow_report
 

@@ -30,6 +30,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from sankofa.privacy.cards import mask_pans
+
 
 class SankofaError(Exception):
     """Base of every runtime failure Sankofa reports to a client."""
@@ -92,6 +94,8 @@ class FieldIssue:
 
 
 def _printable(text: str) -> str:
+    # A client's field name (an unknown key) is quoted back: never a card number.
+    text = mask_pans(text)
     if text.isprintable():
         return text
     return text.encode("unicode_escape").decode("ascii")
@@ -108,7 +112,7 @@ class InvalidFieldError(RequestError):
         self.issues = list(issues)
         first = self.issues[0]
         more = f" (and {len(self.issues) - 1} more)" if len(self.issues) > 1 else ""
-        super().__init__(f"{first.field}: {first.message}{more}")
+        super().__init__(f"{mask_pans(first.field)}: {first.message}{more}")
 
 
 class ConflictError(RequestError):

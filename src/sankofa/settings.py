@@ -15,6 +15,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 #: The development pseudonymisation key. Refused outside development so that a
 #: production deployment cannot silently hash identifiers with a public key.
 DEV_HMAC_KEY = "sankofa-development-key-not-for-production"
+#: The development card-token key (PCI DSS), refused outside development likewise.
+DEV_CARD_TOKEN_KEY = "sankofa-development-card-key-not-for-production"
 
 
 class Settings(BaseSettings):
@@ -54,6 +56,13 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = "json"
 
     hmac_key: SecretStr = SecretStr(DEV_HMAC_KEY)
+    #: Key of the card tokens (HMAC-SHA256 of a PAN): its own key, so that the
+    #: identifiers' key never opens cards and may be rotated apart (PCI DSS 3.5).
+    card_token_key: SecretStr = SecretStr(DEV_CARD_TOKEN_KEY)
+    #: LGPD: personal data (customer, device, IP and card refs, metadata) is
+    #: removed from transactions received longer ago than this; the decision
+    #: records stay. At least 45 days: the online features reach 39 days back.
+    personal_data_retention_days: int = Field(default=365, ge=45, le=36_500)
     #: Mount /bench/bare and /bench/naive, the load tests' baselines (api.bench_routes).
     benchmark_endpoints: bool = False
 
@@ -148,6 +157,16 @@ class Settings(BaseSettings):
         for name, path in (("CERTFILE", self.tls_certfile), ("KEYFILE", self.tls_keyfile)):
             if path is not None and not path.is_file():
                 raise ValueError(f"SANKOFA_TLS_{name} is not a readable file: {path}")
+        card_key = self.card_token_key.get_secret_value()
+        if self.environment == "production" and (
+            card_key == DEV_CARD_TOKEN_KEY or card_key == self.hmac_key.get_secret_value()
+        ):
+            raise ValueError(
+                "SANKOFA_CARD_TOKEN_KEY must be set outside development, to a secret other"
+                " than SANKOFA_HMAC_KEY"
+            )
+        if len(card_key) < 16:
+            raise ValueError("SANKOFA_CARD_TOKEN_KEY must be at least 16 characters")
         if self.db_pool_min > self.db_pool_max:
             raise ValueError("SANKOFA_DB_POOL_MIN must not exceed SANKOFA_DB_POOL_MAX")
         if (

@@ -37,6 +37,7 @@ from sankofa.engine.scorer import ScoringEngine
 from sankofa.engine.serving import ScoringModel, load_model, load_model_file, policy_for
 from sankofa.engine.transaction import TransactionParser
 from sankofa.metrics import Metrics
+from sankofa.privacy.routes import router as privacy_router
 from sankofa.queues.dispatcher import ClassPolicy, Dispatcher
 from sankofa.queues.priority import Priority, parse_x_priority
 from sankofa.queues.shedding import LoadShedder
@@ -210,6 +211,7 @@ async def open_services(
                 hmac_key=settings.hmac_key.get_secret_value().encode(),
                 max_metadata_bytes=settings.max_metadata_bytes,
                 max_clock_skew_s=settings.max_clock_skew_s,
+                card_key=settings.card_token_key.get_secret_value().encode(),
             ),
             engine=engine,
             dispatcher=dispatcher,
@@ -343,6 +345,7 @@ def create_app(
         **_NO_FRAMEWORK_TELEMETRY,
     )
     app.include_router(router)
+    app.include_router(privacy_router)
     if settings.benchmark_endpoints:
         app.include_router(bench_routes.router)
     problems.install(app)

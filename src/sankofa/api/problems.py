@@ -27,6 +27,7 @@ from sankofa.errors import (
     SankofaError,
     UnavailableError,
 )
+from sankofa.privacy.cards import mask_pans
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,8 @@ def problem(
         "detail": detail,
     }
     if instance:
-        body["instance"] = instance
+        # The request's own path, quoted back: never with a card number in it.
+        body["instance"] = mask_pans(instance)
     body.update(extra)
     return Response(
         content=orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
@@ -142,7 +144,7 @@ def install(app: FastAPI) -> None:
         )
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        log.exception("unhandled error on %s %s", request.method, mask_pans(request.url.path))
         return problem(
             500,
             "internal",

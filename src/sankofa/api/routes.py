@@ -27,6 +27,8 @@ from sankofa.errors import (
     StorageUnavailableError,
 )
 from sankofa.metrics import PRIORITY_SCOPE_KEY
+from sankofa.privacy.cards import looks_like_pan
+from sankofa.store import audit
 from sankofa.store import repository as repo
 
 _TXID: Final = re.compile(C.TRANSACTION_ID_PATTERN)
@@ -45,6 +47,16 @@ def _json(body: Any, status: int = 200) -> Response:
 def _services(request: Request) -> Services:
     services: Services = request.state.services
     return services
+
+
+#: Where the authentication layer leaves who is calling (a client id), for the
+#: audit trail. Unset: the record names the database session's user.
+ACTOR_SCOPE_KEY: Final = "sankofa.actor"
+
+
+def actor_of(request: Request) -> str | None:
+    actor = request.scope.get(ACTOR_SCOPE_KEY)
+    return actor if isinstance(actor, str) else None
 
 
 @router.post(
@@ -129,6 +141,18 @@ async def post_labels(request: Request) -> Response:
                             for i in unknown
                         ]
                     )
+                # Last in the transaction: it holds the audit head's lock until the commit.
+                await audit.record(
+                    conn,
+                    "labels",
+                    actor_of(request),
+                    {
+                        "count": len(labels),
+                        "applied": len(applied),
+                        "transaction_ids": [lb.transaction_id for lb in labels],
+                        "fraud": [lb.transaction_id for lb in labels if lb.fraud],
+                    },
+                )
     except DB_DOWN as exc:
         raise StorageUnavailableError(f"storage unavailable: {type(exc).__name__}") from exc
     # Stored durably; now visible to terminal-risk features. If Redis cannot take
@@ -156,6 +180,11 @@ async def get_transaction(request: Request, transaction_id: str) -> Response:
         raise InvalidFieldError(
             [FieldIssue("transaction_id", "must be 1-64 characters of A-Z a-z 0-9 . _ : -")]
         )
+    if looks_like_pan(transaction_id):
+        # Never stored, so never found; refused rather than quoted back in a 404.
+        raise InvalidFieldError(
+            [FieldIssue("transaction_id", "looks like a card number (PAN); never stored")]
+        )
     try:
         # The replica when configured; the primary if it lags (not found there)
         # or fails, so a transaction just answered 200 is never a 404 here.
@@ -165,6 +194,10 @@ async def get_transaction(request: Request, transaction_id: str) -> Response:
     if row is None:
         raise NotFoundError(f"no transaction {transaction_id}")
     return _json(_transaction_view(row))
+
+
+def _iso(value: Any) -> str | None:
+    return None if value is None else str(value.isoformat())
 
 
 def _transaction_view(row: dict[str, Any]) -> dict[str, Any]:
@@ -184,7 +217,10 @@ def _transaction_view(row: dict[str, Any]) -> dict[str, Any]:
             "device_ref": row["device_ref"],
             "ip_ref": row["ip_ref"],
             "metadata": row["metadata"],
+            "card_token": row.get("card_token"),
+            "card_last4": row.get("card_last4"),
             "received_at": row["received_at"].isoformat(),
+            "personal_data_erased_at": _iso(row.get("personal_data_erased_at")),
         },
         "decision": {
             "decision": row["decision"],

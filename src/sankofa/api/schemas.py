@@ -48,7 +48,21 @@ class TransactionIn(BaseModel):
         pattern=_TRIMMED,
         min_length=1,
         max_length=C.MAX_IDENTIFIER_CHARS,
-        description="The payer; printable characters; stored pseudonymised (keyed HMAC).",
+        description="The payer; printable characters; stored pseudonymised (keyed HMAC)."
+        " A card number (PAN) here is refused.",
+    )
+    customer_id_type: Literal["cpf", "cnpj"] | None = Field(
+        default=None,
+        description="Declares customer_id a CPF or CNPJ: check digits verified (422"
+        " otherwise), punctuation removed before it is pseudonymised.",
+    )
+    card_number: str | None = Field(
+        default=None,
+        pattern=r"^[0-9](?:[ -]?[0-9]){12,18}$",
+        description="The card's PAN (13-19 digits passing Luhn; single spaces or dashes"
+        " between groups allowed). Never stored: only a keyed HMAC token and the last four"
+        " digits. A PAN in any other field is refused (422).",
+        examples=["4111 1111 1111 1111"],
     )
     terminal_id: str = Field(
         pattern=_TRIMMED,

@@ -496,6 +496,8 @@ class ScoringEngine:
                     s_score,
                     s_decision,
                     shadow_version,
+                    tx.card_token,
+                    tx.card_last4,
                 )
             )
             outs.append(

@@ -53,6 +53,9 @@ COLUMNS: Final = (
     "shadow_risk_score",
     "shadow_decision",
     "shadow_model_version",
+    # PCI DSS (0005): the card's keyed HMAC token and last four digits; never the PAN.
+    "card_token",
+    "card_last4",
 )
 #: dtype of a stored feature vector's elements.
 FEATURE_DTYPE: Final = np.dtype(">f8")
@@ -122,6 +125,8 @@ def record(
         shadow_risk_score,
         shadow_decision,
         shadow_model_version,
+        tx.card_token,
+        tx.card_last4,
     )
 
 
