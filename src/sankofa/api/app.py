@@ -28,8 +28,10 @@ from sankofa.api import bench_routes, problems, schemas
 from sankofa.api.body import BodyDeadlines
 from sankofa.api.edge import EdgeMiddleware
 from sankofa.api.lifecycle import GracefulShutdown
+from sankofa.api.auth_routes import router as auth_router
 from sankofa.api.routes import router
 from sankofa.api.services import Services
+from sankofa.auth.service import open_auth
 from sankofa.engine.decision import DecisionPolicy
 from sankofa.engine.feature_guard import FeatureGuard
 from sankofa.engine.features_online import FeatureStore
@@ -116,6 +118,7 @@ async def open_services(
         stack.push_async_callback(pool.close)
         async with pool.acquire() as conn:
             await migrate(conn)
+        auth = await stack.enter_async_context(open_auth(settings, pool))
         metrics = Metrics()
         reads = ReadPools(
             primary=pool,
@@ -217,6 +220,7 @@ async def open_services(
             body_deadlines=body_deadlines,
             shedder=shedder,
             guard=guard,
+            auth=auth,
         )
 
 
@@ -343,6 +347,7 @@ def create_app(
         **_NO_FRAMEWORK_TELEMETRY,
     )
     app.include_router(router)
+    app.include_router(auth_router)
     if settings.benchmark_endpoints:
         app.include_router(bench_routes.router)
     problems.install(app)

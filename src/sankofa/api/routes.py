@@ -15,6 +15,8 @@ from sankofa.api import schemas
 from sankofa.api.body import read_json
 from sankofa.api.headers import priority_of, scan_headers, timeout_of
 from sankofa.api.services import Services
+from sankofa.auth.rbac import public, requires
+from sankofa.auth.roles import ANALYST, SCORER
 from sankofa.engine import constants as C
 from sankofa.engine.labels import parse_labels
 from sankofa.engine.scorer import DB_DOWN, ScoreRequest
@@ -49,6 +51,7 @@ def _services(request: Request) -> Services:
 
 @router.post(
     "/v1/transactions",
+    dependencies=[requires(SCORER)],
     summary="Score one transaction",
     response_model=schemas.DecisionOut,
     responses=schemas.PROBLEM_RESPONSES,
@@ -71,6 +74,7 @@ async def score_one(request: Request) -> Response:
 
 @router.post(
     "/v1/transactions/batch",
+    dependencies=[requires(SCORER)],
     summary="Score up to 1000 transactions; results in the same order",
     response_model=schemas.BatchDecisionOut,
     responses=schemas.PROBLEM_RESPONSES,
@@ -104,6 +108,7 @@ async def score_batch(request: Request) -> Response:
 
 @router.post(
     "/v1/labels",
+    dependencies=[requires(SCORER, ANALYST)],
     summary="Record labels (fraud or not) learnt after the fact",
     response_model=schemas.LabelsOut,
     responses=schemas.PROBLEM_RESPONSES,
@@ -146,6 +151,7 @@ async def post_labels(request: Request) -> Response:
 
 @router.get(
     "/v1/transactions/{transaction_id}",
+    dependencies=[requires(ANALYST)],
     summary="The stored transaction and its decision",
     responses=schemas.PROBLEM_RESPONSES,
     tags=["reads"],
@@ -228,6 +234,7 @@ _READY_SCHEMA: Final = {
 
 @router.get(
     "/metrics",
+    dependencies=[public()],
     summary="Prometheus metrics",
     tags=["health"],
     response_class=Response,
@@ -240,6 +247,7 @@ async def metrics(request: Request) -> Response:
 
 @router.get(
     "/health/live",
+    dependencies=[public()],
     summary="The process is up",
     tags=["health"],
     response_class=Response,
@@ -258,13 +266,14 @@ async def metrics(request: Request) -> Response:
         }
     },
 )
-@router.head("/health/live", include_in_schema=False)
+@router.head("/health/live", include_in_schema=False, dependencies=[public()])
 async def live() -> Response:
     return _json({"status": "ok"})
 
 
 @router.get(
     "/health/ready",
+    dependencies=[public()],
     summary="Ready to score: database, Redis, dispatcher (and the read replica, reported)",
     tags=["health"],
     response_class=Response,
@@ -277,7 +286,7 @@ async def live() -> Response:
         },
     },
 )
-@router.head("/health/ready", include_in_schema=False)
+@router.head("/health/ready", include_in_schema=False, dependencies=[public()])
 async def ready(request: Request) -> Response:
     s = _services(request)
     checks: dict[str, bool] = {}

@@ -190,11 +190,15 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     }
     for code, desc in {
         400: "Malformed JSON",
+        401: "No valid bearer token (with WWW-Authenticate)",
+        403: "The token lacks the role this endpoint requires",
         404: "Not found",
         409: "Transaction id already used with other content",
         413: "Body too large",
         415: "Wrong media type",
         422: "Invalid field (which, and why)",
+        429: "The client is over its request rate (with Retry-After)",
+        431: "Authorization header too large",
         503: "Overloaded or draining (with Retry-After)",
         504: "Deadline passed before scoring",
     }.items()
