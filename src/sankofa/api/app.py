@@ -25,10 +25,10 @@ from redis.asyncio import BlockingConnectionPool, Redis
 
 from sankofa import __version__
 from sankofa.api import bench_routes, problems, schemas
+from sankofa.api.auth_routes import router as auth_router
 from sankofa.api.body import BodyDeadlines
 from sankofa.api.edge import EdgeMiddleware
 from sankofa.api.lifecycle import GracefulShutdown
-from sankofa.api.auth_routes import router as auth_router
 from sankofa.api.routes import router
 from sankofa.api.services import Services
 from sankofa.auth.service import open_auth
