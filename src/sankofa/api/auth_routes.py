@@ -208,6 +208,7 @@ async def issue_token(request: Request) -> Response:
             "unknown client or wrong secret", error="invalid_client", status=401
         )
     client = found[0]
+    s.auth.clients.learn(client)
     roles = client.roles
     if "scope" in form:
         asked = frozenset(form["scope"].split())

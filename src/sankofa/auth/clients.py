@@ -7,7 +7,8 @@ is shown once, when the client is created, and never stored in clear.
 
 ``ClientRegistry`` keeps every live client in memory, re-read every
 ``refresh_s``: checking that a token's client still exists is then a
-dictionary look-up on each request. A deleted client's tokens stop working in
+dictionary look-up on each request (one query for a client registered since
+the last refresh, e.g. by another process). A deleted client's tokens stop working in
 the process that deleted it at once, and in the others within ``refresh_s``.
 """
 
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 
 NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
 ID_PATTERN: Final = re.compile(r"cl_[0-9a-f]{16}")
+#: Unknown client ids remembered between refreshes, at most.
+MAX_MISSING: Final = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,19 +141,45 @@ class ClientRegistry:
         self._refresh_s = refresh_s
         self._timeout_s = timeout_s
         self._clients: dict[str, Client] = {}
+        #: Ids looked up and not found, and when: not asked again until the next
+        #: refresh, so a deleted client's tokens cost no query each.
+        self._missing: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
 
     def get(self, client_id: str) -> Client | None:
         return self._clients.get(client_id)
 
+    async def lookup(self, client_id: str) -> Client | None:
+        """The live client: from memory, or (a client registered since the last
+        refresh, perhaps by another process) from PostgreSQL."""
+        found = self._clients.get(client_id)
+        if found is not None or client_id in self._missing:
+            return found
+        async with asyncio.timeout(self._timeout_s):
+            row = await client_with_hash(self._pool, client_id)
+        if row is None:
+            if len(self._missing) >= MAX_MISSING:
+                self._missing.clear()
+            self._missing[client_id] = 0.0
+            return None
+        self._clients[client_id] = row[0]
+        return row[0]
+
+    def learn(self, client: Client) -> None:
+        """A client just read from the database (a token issued to it here)."""
+        self._clients[client.client_id] = client
+        self._missing.pop(client.client_id, None)
+
     def forget(self, client_id: str) -> None:
         """Drop a client at once (it was just deleted here)."""
         self._clients.pop(client_id, None)
+        self._missing[client_id] = 0.0
 
     async def refresh(self) -> None:
         async with asyncio.timeout(self._timeout_s):
             clients = await list_clients(self._pool)
         self._clients = {c.client_id: c for c in clients}
+        self._missing = {}
 
     async def start(self) -> None:
         await self.refresh()

@@ -45,7 +45,7 @@ def requires(*roles: str) -> Any:
         auth = request.state.services.auth
         if not auth.enabled:
             return
-        principal, held = auth.authenticate(request.scope)
+        principal, held = await auth.authenticate(request.scope)
         if not held & allowed:
             raise ForbiddenError(f"this endpoint requires one of the roles {sorted(allowed)}")
         wait_s = auth.limits.take(principal.subject, auth.rate_of(principal))

@@ -14,7 +14,7 @@ from sankofa.auth.clients import ClientRegistry
 from sankofa.auth.keys import build_keyring
 from sankofa.auth.ratelimit import TokenBuckets
 from sankofa.auth.tokens import Principal, TokenIssuer, TokenVerifier
-from sankofa.errors import HeadersTooLargeError, UnauthorizedError
+from sankofa.errors import HeadersTooLargeError, StorageUnavailableError, UnauthorizedError
 from sankofa.settings import Settings
 
 #: An Authorization header longer than this is refused (431) before anything in
@@ -57,13 +57,16 @@ class AuthService:
     #: Token requests per client id (each costs an scrypt check).
     token_limits: TokenBuckets
 
-    def authenticate(self, scope: Scope) -> tuple[Principal, frozenset[str]]:
+    async def authenticate(self, scope: Scope) -> tuple[Principal, frozenset[str]]:
         """The verified caller and the roles it holds now (a registered client's
         roles as they are today, which may be fewer than when its token was issued)."""
         principal = self.verifier.verify(bearer_token(scope))
         if principal.client_id is None:
             return principal, principal.roles
-        client = self.clients.get(principal.client_id)
+        try:
+            client = await self.clients.lookup(principal.client_id)
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            raise StorageUnavailableError(f"storage unavailable: {type(exc).__name__}") from exc
         if client is None:
             raise UnauthorizedError("the token's client is no longer registered")
         return principal, principal.roles & client.roles
