@@ -11,6 +11,8 @@
     sankofa features compare --raw FILE --published FILE
     sankofa features rebuild
     sankofa loadtest  run|ceiling ...
+    sankofa client    create --name N --role R... | delete ID_OR_NAME | list
+    sankofa token     --role R... [--ttl S]
 
 Operators script these names and options; they stay stable. Settings come
 from ``SANKOFA_*`` variables; options given here override them.
@@ -217,6 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_loadtest_parser(sub)
 
+    from sankofa.auth.cli import add_auth_parsers
+
+    add_auth_parsers(sub)
+
     s = sub.add_parser(
         "evaluate",
         help="evaluate on the handbook's protocol",
@@ -287,6 +293,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sankofa.store.shadow import run_shadow_report
 
         return run_shadow_report(args)
+    if args.command == "client":
+        from sankofa.auth.cli import run_client
+
+        return run_client(args)
+    if args.command == "token":
+        from sankofa.auth.cli import run_token
+
+        return run_token(args)
     raise AssertionError(args.command)
 
 

@@ -61,7 +61,14 @@ def idp_keys(tmp_path_factory: pytest.TempPathFactory) -> IdpKeys:
     en = ec_key.public_key().public_numbers()
     jwks = {
         "keys": [
-            {"kty": "RSA", "kid": "idp-rsa", "alg": "RS256", "use": "sig", "n": _b64(rn.n), "e": _b64(rn.e)},
+            {
+                "kty": "RSA",
+                "kid": "idp-rsa",
+                "alg": "RS256",
+                "use": "sig",
+                "n": _b64(rn.n),
+                "e": _b64(rn.e),
+            },
             {
                 "kty": "EC",
                 "kid": "idp-ec",

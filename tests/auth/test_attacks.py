@@ -133,7 +133,9 @@ async def test_identity_provider_key_cannot_sign_as_this_service(
     auth_app: AuthApp, idp_keys: IdpKeys
 ) -> None:
     # Each key signs for its own issuer only.
-    token = sign(claims(roles=["analyst"]), key=idp_keys.rsa_private_pem, alg="RS256", kid="idp-rsa")
+    token = sign(
+        claims(roles=["analyst"]), key=idp_keys.rsa_private_pem, alg="RS256", kid="idp-rsa"
+    )
     assert json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))["iss"] == ISSUER
     _assert_401(await _get(auth_app, token))
 
@@ -188,9 +190,7 @@ async def test_token_signed_with_another_secret_is_refused(auth_app: AuthApp) ->
     _assert_401(await _get(auth_app, sign(claims(roles=["analyst"]), key=other)))
 
 
-async def test_token_of_a_deleted_client_is_refused(
-    auth_app: AuthApp, register: Any
-) -> None:
+async def test_token_of_a_deleted_client_is_refused(auth_app: AuthApp, register: Any) -> None:
     client, secret = await register("analyst")
     got = await auth_app.client.post(
         "/v1/oauth/token",
@@ -237,7 +237,13 @@ async def test_no_token_is_401_with_a_bearer_challenge(auth_app: AuthApp) -> Non
 
 
 async def test_other_schemes_and_garbage_are_refused(auth_app: AuthApp) -> None:
-    values: tuple[str | bytes, ...] = ("Basic dXNlcjpwdw==", "Bearer", "Bearer not-a-jwt", "Bearer a.b.c", "Bearer \xfc".encode("latin-1"))
+    values: tuple[str | bytes, ...] = (
+        "Basic dXNlcjpwdw==",
+        "Bearer",
+        "Bearer not-a-jwt",
+        "Bearer a.b.c",
+        "Bearer \xfc".encode("latin-1"),
+    )
     for value in values:
         resp = await auth_app.client.get(PATH, headers={"authorization": value})
         assert resp.status_code == 401, (value, resp.text)

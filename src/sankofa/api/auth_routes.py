@@ -53,7 +53,10 @@ _TOKEN_REQUEST_SCHEMA: Final = {
         "grant_type": {"type": "string", "enum": ["client_credentials"]},
         "client_id": {"type": "string"},
         "client_secret": {"type": "string"},
-        "scope": {"type": "string", "description": "space-separated roles (default: all the client's)"},
+        "scope": {
+            "type": "string",
+            "description": "space-separated roles (default: all the client's)",
+        },
     },
 }
 _TOKEN_SCHEMA: Final = {
@@ -66,9 +69,7 @@ _TOKEN_SCHEMA: Final = {
         "scope": {"type": "string"},
     },
 }
-_PROBLEM: Final = {
-    "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
-}
+_PROBLEM: Final = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
 
 
 def _problem(desc: str) -> dict[str, Any]:
@@ -157,7 +158,10 @@ def _basic(header: str) -> tuple[str, str] | None:
         }
     },
     responses={
-        200: {"description": "The token", "content": {"application/json": {"schema": _TOKEN_SCHEMA}}},
+        200: {
+            "description": "The token",
+            "content": {"application/json": {"schema": _TOKEN_SCHEMA}},
+        },
         400: _problem("invalid_request, unsupported_grant_type or invalid_scope"),
         401: _problem("invalid_client: unknown client or wrong secret"),
         408: _problem("Body not received in time"),
@@ -218,7 +222,9 @@ async def issue_token(request: Request) -> Response:
                 error="invalid_scope",
             )
         roles = asked
-    token, ttl = s.auth.issuer.issue(subject=client.client_id, roles=roles, client_id=client.client_id)
+    token, ttl = s.auth.issuer.issue(
+        subject=client.client_id, roles=roles, client_id=client.client_id
+    )
     await audit("token.issued", client.client_id, {"roles": sorted(roles), "ttl_s": ttl})
     return Response(
         content=orjson.dumps(
@@ -270,7 +276,10 @@ _ADMIN_PROBLEMS: Final = {
     tags=["auth"],
     response_class=Response,
     responses={
-        200: {"description": "Clients", "content": {"application/json": {"schema": _CLIENTS_SCHEMA}}},
+        200: {
+            "description": "Clients",
+            "content": {"application/json": {"schema": _CLIENTS_SCHEMA}},
+        },
         **_ADMIN_PROBLEMS,
     },
 )

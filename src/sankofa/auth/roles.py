@@ -27,5 +27,7 @@ def check_roles(roles: object, *, what: str = "roles") -> frozenset[str]:
         raise ValueError(f"{what} must name at least one role")
     bad = sorted({str(r) for r in got} - ROLES)
     if bad:
-        raise ValueError(f"{what}: unknown role(s) {', '.join(bad)}; known: {', '.join(sorted(ROLES))}")
+        raise ValueError(
+            f"{what}: unknown role(s) {', '.join(bad)}; known: {', '.join(sorted(ROLES))}"
+        )
     return frozenset(str(r) for r in got)
