@@ -210,7 +210,7 @@ async def test_token_of_a_client_deleted_elsewhere_is_refused_after_a_refresh(
 ) -> None:
     # Deleted by another process (sankofa client delete): this one learns it at
     # its next refresh of the clients (every SANKOFA_AUTH_CLIENTS_REFRESH_S).
-    client, secret = await register("analyst")
+    client, _ = await register("analyst")
     await auth_app.services.auth.clients.refresh()
     token, _ = auth_app.services.auth.issuer.issue(
         subject=client.client_id, roles=["analyst"], client_id=client.client_id
