@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--id-prefix", default="", help="prefix for transaction ids (to replay twice)")
     s.add_argument("--seed", type=int, default=0, help="seed of the priority draw")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from sankofa.auth.client_auth import add_client_auth_arguments
+
+    add_client_auth_arguments(s)
     s.add_argument(
         "--protocol",
         choices=("split",),

@@ -177,12 +177,6 @@ class Settings(BaseSettings):
     #: Token requests per minute per client id (each costs a slow scrypt check).
     token_requests_per_min: float = Field(default=60.0, gt=0)
 
-    # Sankofa's own clients (sankofa replay, sankofa loadtest): a bearer token, or a
-    # client id and secret to obtain one from the service's /v1/oauth/token.
-    client_token: SecretStr | None = None
-    client_id: str | None = None
-    client_secret: SecretStr | None = None
-
     @property
     def auth_enabled(self) -> bool:
         """Tokens required: explicitly, or by default in production."""
