@@ -138,3 +138,11 @@ def test_request_path_cached(benchmark: Any) -> None:
             pass
 
     benchmark(run)
+
+
+def test_client_secret_check(benchmark: Any) -> None:
+    """The scrypt check a token request pays (deliberately slow: run in a thread)."""
+    from sankofa.auth.kdf import hash_secret, verify_secret
+
+    stored = hash_secret("a-client-secret")
+    assert benchmark(verify_secret, "a-client-secret", stored)
