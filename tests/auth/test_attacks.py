@@ -257,3 +257,27 @@ def test_jose_refuses_a_public_key_as_hmac_secret_too(idp_keys: IdpKeys) -> None
     with pytest.raises(JOSEError):
         jwt.encode(claims(), idp_keys.rsa_public_pem.decode(), algorithm="HS256")
     assert AUDIENCE  # the constants above are the service's own
+
+
+async def test_a_withdrawn_role_stops_working_before_the_token_expires(
+    auth_app: AuthApp, register: Any, db: Any
+) -> None:
+    # A token says what the client held when it was issued; what it holds now wins.
+    client, secret = await register("analyst", "scorer")
+    got = await auth_app.client.post(
+        "/v1/oauth/token",
+        data={"grant_type": "client_credentials"},
+        auth=(client.client_id, secret),
+    )
+    token = got.json()["access_token"]
+    assert (await _get(auth_app, token)).status_code == 404
+    await db.execute(
+        "UPDATE auth_clients SET roles = '{scorer}' WHERE client_id = $1", client.client_id
+    )
+    await auth_app.services.auth.clients.refresh()
+    assert (await _get(auth_app, token)).status_code == 403
+
+
+async def test_token_not_valid_yet_is_refused(auth_app: AuthApp) -> None:
+    now = int(time.time())
+    _assert_401(await _get(auth_app, sign(claims(roles=["analyst"], nbf=now + 600))))
