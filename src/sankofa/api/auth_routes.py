@@ -260,7 +260,7 @@ _CLIENTS_SCHEMA: Final = {
         }
     },
 }
-_ADMIN_PROBLEMS: Final = {
+_ADMIN_PROBLEMS: Final[dict[int | str, dict[str, Any]]] = {
     401: _problem("No valid bearer token"),
     403: _problem("The token lacks the admin role"),
     429: _problem("Over the client's rate (with Retry-After)"),

@@ -72,7 +72,7 @@ def _jwk_key(entry: Any, issuer: str, where: str) -> VerifyKey:
     kid, kty, alg = entry.get("kid"), entry.get("kty"), entry.get("alg")
     if not isinstance(kid, str) or not kid:
         raise KeyConfigError(f"{where}: every key needs a kid")
-    if kty not in ALGORITHMS:
+    if not isinstance(kty, str) or kty not in ALGORITHMS:
         raise KeyConfigError(f"{where} kid {kid}: kty must be one of {sorted(ALGORITHMS)}")
     if alg not in ALGORITHMS[kty]:
         raise KeyConfigError(

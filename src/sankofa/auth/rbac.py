@@ -74,7 +74,7 @@ def _route_contexts(app: FastAPI) -> Iterator[Any]:
     dependencies included). Recent FastAPI keeps included routers as one entry
     each and resolves them lazily; older ones flatten them into app.routes."""
     try:
-        from fastapi.routing import iter_route_contexts  # type: ignore[attr-defined]
+        from fastapi.routing import iter_route_contexts
     except ImportError:
         yield from app.routes
         return
