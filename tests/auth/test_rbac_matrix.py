@@ -132,3 +132,14 @@ async def test_development_mode_lets_requests_in_without_a_token(client: httpx.A
     # The default test settings: environment test, auth_required unset = off.
     assert (await client.get("/v1/clients")).status_code == 200
     assert (await client.get("/v1/transactions/x-1")).status_code == 404
+
+
+def test_the_api_description_names_each_operations_roles() -> None:
+    doc = create_app(Settings(environment="test")).openapi()
+    assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    flows = doc["components"]["securitySchemes"]["oauth2"]["flows"]
+    assert flows["clientCredentials"]["tokenUrl"] == "/v1/oauth/token"
+    read = doc["paths"]["/v1/transactions/{transaction_id}"]["get"]
+    assert read["security"] == [{"bearer": []}, {"oauth2": ["analyst"]}]
+    assert "security" not in doc["paths"]["/health/live"]["get"]
+    assert "security" not in doc["paths"]["/v1/oauth/token"]["post"]

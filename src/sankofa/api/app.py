@@ -31,6 +31,7 @@ from sankofa.api.edge import EdgeMiddleware
 from sankofa.api.lifecycle import GracefulShutdown
 from sankofa.api.routes import router
 from sankofa.api.services import Services
+from sankofa.auth.rbac import document_security
 from sankofa.auth.service import open_auth
 from sankofa.engine.decision import DecisionPolicy
 from sankofa.engine.feature_guard import FeatureGuard
@@ -361,6 +362,7 @@ def create_app(
             doc.setdefault("components", {}).setdefault("schemas", {}).update(
                 schemas.component_schemas()
             )
+            document_security(app, doc)
             app.openapi_schema = doc
         return app.openapi_schema
 

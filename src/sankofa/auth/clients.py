@@ -197,7 +197,8 @@ class ClientRegistry:
             await asyncio.sleep(self._refresh_s)
             try:
                 await self.refresh()
-            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            except Exception as exc:
                 # Keep the last view: clients already known keep working while the
                 # database is away; a deletion made meanwhile applies once it is back.
+                # Never let the refresher die: it would freeze the view for good.
                 log.warning("auth clients not refreshed: %s", type(exc).__name__)

@@ -104,3 +104,34 @@ def route_roles(app: FastAPI) -> dict[tuple[str, str], frozenset[str] | None]:
         for method in sorted(getattr(route, "methods", None) or {"*"}):
             table[(method, path)] = roles
     return table
+
+
+def document_security(app: FastAPI, doc: dict[str, Any]) -> None:
+    """Describe the authentication in an OpenAPI document: the bearer scheme, the
+    client-credentials flow (so /docs can get and send a token), and on each
+    protected operation the roles it takes (as OAuth scopes)."""
+    schemes = doc.setdefault("components", {}).setdefault("securitySchemes", {})
+    schemes["bearer"] = {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+    schemes["oauth2"] = {
+        "type": "oauth2",
+        "flows": {
+            "clientCredentials": {
+                "tokenUrl": "/v1/oauth/token",
+                "scopes": {
+                    "scorer": "submit transactions and labels",
+                    "analyst": "read transactions and decisions, post labels",
+                    "admin": "clients, rules, lists, limits, erasure",
+                    "auditor": "read the audit trail",
+                },
+            }
+        },
+    }
+    for (method, path), roles in route_roles(app).items():
+        operation = doc.get("paths", {}).get(path, {}).get(method.lower())
+        if operation is None or roles is None or roles == PUBLIC:
+            continue
+        operation["security"] = [{"bearer": []}, {"oauth2": sorted(roles)}]
+        operation.setdefault("description", "")
+        operation["description"] = (
+            operation["description"] + f"\n\nRoles: {', '.join(sorted(roles))}."
+        ).strip()

@@ -14,6 +14,7 @@ from sankofa.auth.clients import ClientRegistry
 from sankofa.auth.keys import build_keyring
 from sankofa.auth.ratelimit import TokenBuckets
 from sankofa.auth.tokens import Principal, TokenIssuer, TokenVerifier
+from sankofa.engine.scorer import DB_DOWN
 from sankofa.errors import HeadersTooLargeError, StorageUnavailableError, UnauthorizedError
 from sankofa.settings import Settings
 
@@ -65,7 +66,7 @@ class AuthService:
             return principal, principal.roles
         try:
             client = await self.clients.lookup(principal.client_id)
-        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        except DB_DOWN as exc:
             raise StorageUnavailableError(f"storage unavailable: {type(exc).__name__}") from exc
         if client is None:
             raise UnauthorizedError("the token's client is no longer registered")
