@@ -174,8 +174,11 @@ class Settings(BaseSettings):
     #: --rate``) overrides the rate.
     rate_limit_per_s: float = Field(default=0.0, ge=0)
     rate_limit_burst: int = Field(default=200, ge=1)
-    #: Token requests per minute per client id (each costs a slow scrypt check).
+    #: Token requests per minute per client id (each costs a slow scrypt check) ...
     token_requests_per_min: float = Field(default=60.0, gt=0)
+    #: ... and per second for all client ids together: at ~60 ms of CPU each,
+    #: unknown ids cannot make the service spend more than this many checks.
+    token_requests_per_s_total: float = Field(default=10.0, gt=0)
 
     @property
     def auth_enabled(self) -> bool:

@@ -201,3 +201,27 @@ async def test_token_endpoint_works_in_development_mode(client: Any, register: A
         TOKEN, data={"grant_type": "client_credentials"}, auth=(made.client_id, secret)
     )
     assert resp.status_code == 200
+
+
+async def test_token_requests_are_rate_limited_in_all(auth_settings: Any) -> None:
+    # Unknown ids, each new: only the limit on all ids together holds them back.
+    import httpx
+
+    from conftest import _with_state
+    from sankofa.api.app import create_app
+
+    app = create_app(auth_settings(token_requests_per_s_total=0.01, token_requests_per_min=2.0))
+    async with app.router.lifespan_context(app) as state:
+        transport = httpx.ASGITransport(app=_with_state(app, state))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            statuses = [
+                (
+                    await c.post(
+                        TOKEN,
+                        data={"grant_type": "client_credentials"},
+                        auth=(f"cl_{i:016x}", "guess"),
+                    )
+                ).status_code
+                for i in range(4)
+            ]
+    assert statuses == [401, 401, 429, 429]

@@ -193,17 +193,26 @@ async def issue_token(request: Request) -> Response:
         raise TokenRequestError(
             "client_id and client_secret are required", error="invalid_client", status=401
         )
-    # Before the scrypt check: guessing secrets costs the guesser, not the service.
-    wait_s = s.auth.token_limits.take(cid[:64])
+    if not client_store.ID_PATTERN.fullmatch(cid):
+        # Not even the shape of an id (which is public): no scrypt spent on it.
+        await audit("token.refused", cid[:64], {"reason": "malformed client id"})
+        raise TokenRequestError(
+            "unknown client or wrong secret", error="invalid_client", status=401
+        )
+    # Before the scrypt check, per client id and in all: guessing secrets, or
+    # making the service hash, costs the caller, not the service's CPU.
+    wait_s = max(
+        s.auth.token_limits.take(cid),
+        s.auth.token_limits.take("*", s.settings.token_requests_per_s_total),
+    )
     if wait_s:
-        raise RateLimitedError("too many token requests for this client", retry_after_s=wait_s)
-    found = None
-    if client_store.ID_PATTERN.fullmatch(cid):
-        try:
-            async with asyncio.timeout(s.settings.db_timeout_s):
-                found = await client_store.client_with_hash(s.pool, cid)
-        except DB_DOWN as exc:
-            raise StorageUnavailableError(f"storage unavailable: {type(exc).__name__}") from exc
+        raise RateLimitedError("too many token requests", retry_after_s=wait_s)
+    try:
+        async with asyncio.timeout(s.settings.db_timeout_s):
+            found = await client_store.client_with_hash(s.pool, cid)
+    except DB_DOWN as exc:
+        raise StorageUnavailableError(f"storage unavailable: {type(exc).__name__}") from exc
+    # An unknown id costs the same check as a wrong secret: no oracle for which ids exist.
     stored = found[1] if found is not None else dummy_hash()
     ok = await asyncio.to_thread(verify_secret, secret, stored)
     if found is None or not ok:
