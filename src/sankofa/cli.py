@@ -13,6 +13,8 @@
     sankofa loadtest  run|ceiling ...
     sankofa audit     verify [--decisions --anchor SEQ:HASH] | head
     sankofa privacy   retention [--days N --dry-run]
+    sankofa client    create --name N --role R... | delete ID_OR_NAME | list
+    sankofa token     --role R... [--ttl S]
 
 Operators script these names and options; they stay stable. Settings come
 from ``SANKOFA_*`` variables; options given here override them.
@@ -138,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--id-prefix", default="", help="prefix for transaction ids (to replay twice)")
     s.add_argument("--seed", type=int, default=0, help="seed of the priority draw")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from sankofa.auth.client_auth import add_client_auth_arguments
+
+    add_client_auth_arguments(s)
     s.add_argument(
         "--protocol",
         choices=("split",),
@@ -224,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_audit_parser(sub)
     add_privacy_parser(sub)
+    from sankofa.auth.cli import add_auth_parsers
+
+    add_auth_parsers(sub)
 
     s = sub.add_parser(
         "evaluate",
@@ -303,6 +311,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sankofa.store.shadow import run_shadow_report
 
         return run_shadow_report(args)
+    if args.command == "client":
+        from sankofa.auth.cli import run_client
+
+        return run_client(args)
+    if args.command == "token":
+        from sankofa.auth.cli import run_token
+
+        return run_token(args)
     raise AssertionError(args.command)
 
 

@@ -13,6 +13,11 @@
     |   +-- ConflictError             409 same transaction id, other content
     |   +-- UnstorableValueError      422 passed validation, refused by the database
     |   +-- NotFoundError             404
+    |   +-- AuthError                 the caller is not let in
+    |   |   +-- UnauthorizedError     401 no, bad or expired token (WWW-Authenticate)
+    |   |   +-- ForbiddenError        403 a valid token without the role
+    |   |   +-- TokenRequestError     400/401 /v1/oauth/token refused (RFC 6749 error)
+    |   +-- RateLimitedError          429 the client is over its rate (Retry-After)
     +-- UnavailableError              503, always with Retry-After
     |   +-- OverloadedError           admission control refused the request
     |   +-- DrainingError             shutting down, intake stopped
@@ -138,6 +143,50 @@ class NotFoundError(RequestError):
     status = 404
     type_slug = "not-found"
     title = "Not found"
+
+
+class AuthError(RequestError):
+    status = 401
+    type_slug = "unauthorized"
+    title = "Authentication required"
+
+
+class UnauthorizedError(AuthError):
+    """No usable bearer token. ``error`` is RFC 6750's code for WWW-Authenticate."""
+
+    def __init__(self, detail: str, *, error: str | None = "invalid_token") -> None:
+        super().__init__(detail)
+        self.error = error
+
+
+class ForbiddenError(AuthError):
+    status = 403
+    type_slug = "forbidden"
+    title = "Forbidden: the token lacks the role"
+
+
+class TokenRequestError(AuthError):
+    """A token request refused; ``error`` is RFC 6749 5.2's code, sent beside the
+    problem's members so that OAuth client libraries understand it."""
+
+    status = 400
+    type_slug = "invalid-token-request"
+    title = "Token request refused"
+
+    def __init__(self, detail: str, *, error: str, status: int = 400) -> None:
+        super().__init__(detail)
+        self.error = error
+        self.status = status
+
+
+class RateLimitedError(RequestError):
+    status = 429
+    type_slug = "rate-limited"
+    title = "Too many requests"
+
+    def __init__(self, detail: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(detail)
+        self.retry_after_s = max(1.0, retry_after_s)
 
 
 class UnavailableError(SankofaError):

@@ -18,6 +18,13 @@ DEV_HMAC_KEY = "sankofa-development-key-not-for-production"
 #: The development card-token key (PCI DSS), refused outside development likewise.
 DEV_CARD_TOKEN_KEY = "sankofa-development-card-key-not-for-production"
 
+#: The development token signing secret (HS256). Refused whenever authentication
+#: is on or the environment is production: anyone can read it here.
+DEV_JWT_SECRET = "sankofa-development-jwt-secret-not-for-production"
+#: The shortest signing secret accepted where authentication is on: 32 bytes, the
+#: output size of HS256's hash (RFC 7518 3.2 requires at least that).
+MIN_JWT_SECRET_BYTES = 32
+
 
 class Settings(BaseSettings):
     """Every knob of the service. Units are in the names."""
@@ -146,6 +153,54 @@ class Settings(BaseSettings):
     review_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     decline_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
 
+    # Authentication and authorisation (sankofa.auth, docs/security.md).
+    #: Bearer tokens required on every non-public endpoint. Unset: on in production,
+    #: off in development and test (development mode: every request is let in, as
+    #: before; ``make run`` and the test suite). Cannot be turned off in production.
+    auth_required: bool | None = None
+    #: The HS256 secret this service signs its access tokens with (``kid`` below).
+    jwt_secret: SecretStr = SecretStr(DEV_JWT_SECRET)
+    #: The key id stamped in the tokens' header; change it with the secret to rotate,
+    #: keeping the old secret in ``jwks_file`` (kty oct) until its tokens expire.
+    jwt_kid: str = Field(default="sankofa-1", pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    jwt_issuer: str = Field(default="sankofa", min_length=1, max_length=256)
+    jwt_audience: str = Field(default="sankofa-api", min_length=1, max_length=256)
+    #: Lifetime of the tokens /v1/oauth/token issues, and the cap on any token's
+    #: (exp - iat) this service accepts, its own or an identity provider's.
+    jwt_ttl_s: int = Field(default=900, ge=1)
+    jwt_max_ttl_s: int = Field(default=3600, ge=1, le=86_400)
+    #: Clock skew allowed on exp / iat / nbf.
+    jwt_leeway_s: int = Field(default=30, ge=0, le=300)
+    #: More verification keys (a JWKS JSON file: RSA, EC or oct keys, each with
+    #: ``kid`` and ``alg``): an identity provider's public keys, or this service's
+    #: previous secret during a rotation. Read at start; never fetched over a network.
+    jwks_file: Path | None = None
+    #: The ``iss`` the keys of ``jwks_file`` sign as (default: jwt_issuer).
+    jwks_issuer: str | None = None
+    #: Verified tokens kept in memory (until their exp) so a repeated token costs
+    #: a dictionary look-up, not a signature check.
+    token_cache_size: int = Field(default=10_000, ge=0, le=1_000_000)
+    #: Each process re-reads the registered clients this often: a deleted client's
+    #: tokens stop working within this time (at once in the process that deleted it).
+    auth_clients_refresh_s: float = Field(default=2.0, gt=0)
+    #: Requests per second per client (token bucket, per process; 0: no limit), and
+    #: the burst above it. A client's own rate_per_s (``sankofa client create
+    #: --rate``) overrides the rate.
+    rate_limit_per_s: float = Field(default=0.0, ge=0)
+    rate_limit_burst: int = Field(default=200, ge=1)
+    #: Token requests per minute per client id (each costs a slow scrypt check) ...
+    token_requests_per_min: float = Field(default=60.0, gt=0)
+    #: ... and per second for all client ids together: at ~60 ms of CPU each,
+    #: unknown ids cannot make the service spend more than this many checks.
+    token_requests_per_s_total: float = Field(default=10.0, gt=0)
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Tokens required: explicitly, or by default in production."""
+        if self.auth_required is None:
+            return self.environment == "production"
+        return self.auth_required
+
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:
         if self.environment == "production" and self.hmac_key.get_secret_value() == DEV_HMAC_KEY:
@@ -167,6 +222,21 @@ class Settings(BaseSettings):
             )
         if len(card_key) < 16:
             raise ValueError("SANKOFA_CARD_TOKEN_KEY must be at least 16 characters")
+        if self.environment == "production" and self.auth_required is False:
+            raise ValueError("SANKOFA_AUTH_REQUIRED cannot be false in production")
+        if self.auth_enabled or self.environment == "production":
+            secret = self.jwt_secret.get_secret_value()
+            if secret == DEV_JWT_SECRET:
+                raise ValueError(
+                    "SANKOFA_JWT_SECRET must be set to a secret of its own where tokens are"
+                    " required (e.g. openssl rand -hex 32)"
+                )
+            if len(secret.encode()) < MIN_JWT_SECRET_BYTES:
+                raise ValueError(
+                    f"SANKOFA_JWT_SECRET must be at least {MIN_JWT_SECRET_BYTES} bytes"
+                )
+        if self.jwt_ttl_s > self.jwt_max_ttl_s:
+            raise ValueError("SANKOFA_JWT_TTL_S must not exceed SANKOFA_JWT_MAX_TTL_S")
         if self.db_pool_min > self.db_pool_max:
             raise ValueError("SANKOFA_DB_POOL_MIN must not exceed SANKOFA_DB_POOL_MAX")
         if (

@@ -25,11 +25,14 @@ from redis.asyncio import BlockingConnectionPool, Redis
 
 from sankofa import __version__
 from sankofa.api import bench_routes, problems, schemas
+from sankofa.api.auth_routes import router as auth_router
 from sankofa.api.body import BodyDeadlines
 from sankofa.api.edge import EdgeMiddleware
 from sankofa.api.lifecycle import GracefulShutdown
 from sankofa.api.routes import router
 from sankofa.api.services import Services
+from sankofa.auth.rbac import document_security
+from sankofa.auth.service import open_auth
 from sankofa.engine.decision import DecisionPolicy
 from sankofa.engine.feature_guard import FeatureGuard
 from sankofa.engine.features_online import FeatureStore
@@ -117,6 +120,7 @@ async def open_services(
         stack.push_async_callback(pool.close)
         async with pool.acquire() as conn:
             await migrate(conn)
+        auth = await stack.enter_async_context(open_auth(settings, pool))
         metrics = Metrics()
         reads = ReadPools(
             primary=pool,
@@ -219,6 +223,7 @@ async def open_services(
             body_deadlines=body_deadlines,
             shedder=shedder,
             guard=guard,
+            auth=auth,
         )
 
 
@@ -346,6 +351,7 @@ def create_app(
     )
     app.include_router(router)
     app.include_router(privacy_router)
+    app.include_router(auth_router)
     if settings.benchmark_endpoints:
         app.include_router(bench_routes.router)
     problems.install(app)
@@ -359,6 +365,7 @@ def create_app(
             doc.setdefault("components", {}).setdefault("schemas", {}).update(
                 schemas.component_schemas()
             )
+            document_security(app, doc)
             app.openapi_schema = doc
         return app.openapi_schema
 

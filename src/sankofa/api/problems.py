@@ -24,7 +24,10 @@ from sankofa.errors import (
     DeadlineExceededError,
     DrainingError,
     InvalidFieldError,
+    RateLimitedError,
     SankofaError,
+    TokenRequestError,
+    UnauthorizedError,
     UnavailableError,
 )
 from sankofa.privacy.cards import mask_pans
@@ -92,8 +95,20 @@ def from_error(exc: SankofaError, instance: str | None = None) -> Response:
             extra["indexes"] = indexes
     elif isinstance(exc, ConflictError) and exc.indexes:
         extra["indexes"] = exc.indexes
-    if isinstance(exc, (UnavailableError, DeadlineExceededError)):
+    if isinstance(exc, (UnavailableError, DeadlineExceededError, RateLimitedError)):
         headers = _retry_after(exc.retry_after_s)
+    elif isinstance(exc, UnauthorizedError):
+        # RFC 6750 3: the scheme, and why, for the client library.
+        challenge = 'Bearer realm="sankofa"'
+        if exc.error:
+            challenge += f', error="{exc.error}"'
+        headers = {"WWW-Authenticate": challenge}
+    elif isinstance(exc, TokenRequestError):
+        # RFC 6749 5.1/5.2: error answers of the token endpoint are not cached.
+        extra["error"] = exc.error
+        headers = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+        if exc.status == 401:
+            headers["WWW-Authenticate"] = 'Basic realm="sankofa"'
     if isinstance(exc, DrainingError):
         # Shutting down: the client should reconnect (to another instance).
         headers = {**(headers or {}), "Connection": "close"}

@@ -15,6 +15,8 @@ from sankofa.api import schemas
 from sankofa.api.body import read_json
 from sankofa.api.headers import priority_of, scan_headers, timeout_of
 from sankofa.api.services import Services
+from sankofa.auth.rbac import public, requires
+from sankofa.auth.roles import ANALYST, SCORER
 from sankofa.engine import constants as C
 from sankofa.engine.labels import parse_labels
 from sankofa.engine.scorer import DB_DOWN, ScoreRequest
@@ -61,6 +63,7 @@ def actor_of(request: Request) -> str | None:
 
 @router.post(
     "/v1/transactions",
+    dependencies=[requires(SCORER)],
     summary="Score one transaction",
     response_model=schemas.DecisionOut,
     responses=schemas.SCORING_RESPONSES,
@@ -83,6 +86,7 @@ async def score_one(request: Request) -> Response:
 
 @router.post(
     "/v1/transactions/batch",
+    dependencies=[requires(SCORER)],
     summary="Score up to 1000 transactions; results in the same order",
     response_model=schemas.BatchDecisionOut,
     responses=schemas.SCORING_RESPONSES,
@@ -116,6 +120,7 @@ async def score_batch(request: Request) -> Response:
 
 @router.post(
     "/v1/labels",
+    dependencies=[requires(SCORER, ANALYST)],
     summary="Record labels (fraud or not) learnt after the fact",
     response_model=schemas.LabelsOut,
     responses=schemas.LABELS_RESPONSES,
@@ -170,6 +175,7 @@ async def post_labels(request: Request) -> Response:
 
 @router.get(
     "/v1/transactions/{transaction_id}",
+    dependencies=[requires(ANALYST)],
     summary="The stored transaction and its decision",
     responses=schemas.READ_RESPONSES,
     tags=["reads"],
@@ -264,6 +270,7 @@ _READY_SCHEMA: Final = {
 
 @router.get(
     "/metrics",
+    dependencies=[public()],
     summary="Prometheus metrics",
     tags=["health"],
     response_class=Response,
@@ -276,6 +283,7 @@ async def metrics(request: Request) -> Response:
 
 @router.get(
     "/health/live",
+    dependencies=[public()],
     summary="The process is up",
     tags=["health"],
     response_class=Response,
@@ -294,13 +302,14 @@ async def metrics(request: Request) -> Response:
         }
     },
 )
-@router.head("/health/live", include_in_schema=False)
+@router.head("/health/live", include_in_schema=False, dependencies=[public()])
 async def live() -> Response:
     return _json({"status": "ok"})
 
 
 @router.get(
     "/health/ready",
+    dependencies=[public()],
     summary="Ready to score: database, Redis, dispatcher (and the read replica, reported)",
     tags=["health"],
     response_class=Response,
@@ -313,7 +322,7 @@ async def live() -> Response:
         },
     },
 )
-@router.head("/health/ready", include_in_schema=False)
+@router.head("/health/ready", include_in_schema=False, dependencies=[public()])
 async def ready(request: Request) -> Response:
     s = _services(request)
     checks: dict[str, bool] = {}

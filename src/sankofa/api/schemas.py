@@ -211,13 +211,16 @@ def component_schemas() -> dict[str, Any]:
 
 _PROBLEM_DESCRIPTIONS: dict[int, str] = {
     400: "Malformed JSON (or a body the client stopped sending)",
+    401: "No valid bearer token (with WWW-Authenticate)",
+    403: "The token lacks the role this endpoint requires",
     404: "Not found",
     408: "The body did not arrive in time (SANKOFA_BODY_TIMEOUT_S, 10 s by default)",
     409: "Transaction id already used with other content",
     413: "Body too large",
     415: "Wrong media type, a charset other than UTF-8, or a Content-Encoding",
     422: "Invalid field or header (which, and why)",
-    431: "Request header fields too large",
+    429: "The client is over its request rate (with Retry-After)",
+    431: "Request header fields too large (an oversized Authorization header too)",
     503: "Overloaded, draining or storage unavailable (with Retry-After)",
     504: "Deadline passed before scoring (with Retry-After)",
 }
@@ -241,7 +244,7 @@ def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
                 "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
             },
         }
-        if code in (503, 504):
+        if code in (429, 503, 504):
             entry["headers"] = _RETRY_AFTER
         out[code] = entry
     return out

@@ -8,6 +8,7 @@ import asyncpg
 from redis.asyncio import Redis
 
 from sankofa.api.body import BodyDeadlines
+from sankofa.auth.service import AuthService
 from sankofa.engine.feature_guard import FeatureGuard
 from sankofa.engine.features_online import FeatureStore
 from sankofa.engine.scorer import DecisionOut, ScoreRequest, ScoringEngine
@@ -35,3 +36,5 @@ class Services:
     body_deadlines: BodyDeadlines
     shedder: LoadShedder
     guard: FeatureGuard
+    #: Tokens, clients, roles and rates (sankofa.auth); consulted by rbac.requires.
+    auth: AuthService
