@@ -70,7 +70,7 @@ class TransactionBatchIn(BaseModel):
 
 class DecisionOut(BaseModel):
     transaction_id: str
-    decision: Literal["approve", "review", "decline"]
+    decision: Literal["approve", "review", "decline", "step_up"]
     risk_score: float = Field(ge=0, le=1, description="Calibrated probability of fraud.")
     risk_level: Literal["LOW", "MEDIUM", "HIGH", "CRITICAL"]
     reasons: list[str] = Field(description="Stable machine-readable codes, most important first.")

@@ -15,6 +15,7 @@ from sankofa.engine.transaction import TransactionParser
 from sankofa.metrics import Metrics
 from sankofa.queues.dispatcher import Dispatcher
 from sankofa.queues.shedding import LoadShedder
+from sankofa.rules.verdict import RulesEngine
 from sankofa.settings import Settings
 from sankofa.store.reads import ReadPools
 
@@ -35,3 +36,5 @@ class Services:
     body_deadlines: BodyDeadlines
     shedder: LoadShedder
     guard: FeatureGuard
+    #: Rules, lists and limits (sankofa.rules).
+    rules: RulesEngine | None = None

@@ -52,6 +52,9 @@ COLUMNS: Final = (
     "shadow_risk_score",
     "shadow_decision",
     "shadow_model_version",
+    # The rules that matched (0003): active ones, then shadow ones; NULL for none.
+    "rule_hits",
+    "shadow_rule_hits",
 )
 #: dtype of a stored feature vector's elements.
 FEATURE_DTYPE: Final = np.dtype(">f8")
@@ -92,6 +95,8 @@ def record(
     shadow_risk_score: float | None = None,
     shadow_decision: str | None = None,
     shadow_model_version: str | None = None,
+    rule_hits: list[str] | None = None,
+    shadow_rule_hits: list[str] | None = None,
 ) -> Record:
     """One row, in ``COLUMNS`` order (the scorer builds the same tuple inline)."""
     return (
@@ -121,6 +126,8 @@ def record(
         shadow_risk_score,
         shadow_decision,
         shadow_model_version,
+        rule_hits,
+        shadow_rule_hits,
     )
 
 

@@ -1,0 +1,59 @@
+-- Rules, hot and allow lists, and per-customer limits (sankofa.rules).
+--
+-- Rules are versioned: every create, update and delete appends a row, so the
+-- history is the table itself and nothing is ever updated in place. The rule in
+-- force is the latest version of its id, unless that version is a deletion.
+-- `revision` orders every change: an instance polls max(revision) to learn that
+-- its in-process snapshot of the rules is stale.
+CREATE TABLE rule_versions (
+    revision     bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    rule_id      text NOT NULL CHECK (rule_id ~ '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$'),
+    version      integer NOT NULL CHECK (version >= 1),
+    deleted      boolean NOT NULL DEFAULT false,
+    action       text NOT NULL CHECK (action IN ('decline', 'review', 'step_up', 'allow')),
+    priority     integer NOT NULL,
+    mode         text NOT NULL CHECK (mode IN ('active', 'shadow')),
+    expression   text NOT NULL,
+    description  text NOT NULL DEFAULT '',
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (rule_id, version)
+);
+
+-- Hot lists (decline) and allow lists (approve). Customers, devices and IP
+-- addresses are kept as the same keyed HMACs the transactions carry, never in
+-- clear; terminals as their id, as in `transactions`. The scorer looks entries
+-- up by (kind, value_ref) for a whole batch at once: the primary key's prefix.
+CREATE TABLE list_entries (
+    kind         text NOT NULL CHECK (kind IN ('customer', 'terminal', 'device', 'ip')),
+    value_ref    text NOT NULL,
+    list         text NOT NULL CHECK (list IN ('hot', 'allow')),
+    reason       text NOT NULL,
+    expires_at   timestamptz,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (kind, value_ref, list)
+);
+
+-- A customer's own limits, overriding the defaults (settings): the BACEN
+-- night-time PIX limit (NULL: none, e.g. a company) and a cap on any single
+-- transaction (NULL: none). No row: the defaults apply.
+CREATE TABLE customer_limits (
+    customer_ref           text PRIMARY KEY,
+    night_pix_limit_cents  bigint CHECK (night_pix_limit_cents > 0),
+    max_amount_cents       bigint CHECK (max_amount_cents > 0),
+    reason                 text NOT NULL DEFAULT '',
+    updated_at             timestamptz NOT NULL DEFAULT now()
+);
+
+-- Decisions: rules may ask for a step-up (extra authentication of the payer),
+-- and each decision keeps the rules that matched it: the active ones (id@version,
+-- the one that decided first) and the shadow ones, recorded and never acted on.
+-- The looser CHECK replaces the old one without a scan (NOT VALID): every
+-- stored row already satisfies the stricter one. Nullable columns without a
+-- default rewrite nothing.
+ALTER TABLE transactions DROP CONSTRAINT transactions_decision_check;
+ALTER TABLE transactions ADD CONSTRAINT transactions_decision_check
+    CHECK (decision IN ('approve', 'review', 'decline', 'step_up')) NOT VALID;
+ALTER TABLE transactions
+    ADD COLUMN rule_hits text[],
+    ADD COLUMN shadow_rule_hits text[];
