@@ -40,7 +40,7 @@ from typing import Final, Literal
 #: Longest expression accepted, in characters.
 MAX_EXPRESSION_CHARS: Final = 2000
 #: Most tokens in one expression.
-MAX_TOKENS: Final = 400
+MAX_TOKENS: Final = 600
 #: Deepest nesting of the AST (parentheses, operators, ``not``).
 MAX_DEPTH: Final = 32
 #: Most items in one ``in [...]`` list.
@@ -389,22 +389,30 @@ class _Parser:
 
     def sum(self) -> Node:
         left = self.product()
+        chained = 0  # each operator of a chain nests the tree one level deeper
         while self.tok.kind == "op" and self.tok.text in ("+", "-"):
             t = self.take()
+            self.enter(t.pos)
+            chained += 1
             right = self.product()
             _need(left, "num", f"'{t.text}'", t.pos)
             _need(right, "num", f"'{t.text}'", t.pos)
             left = Arith(left.pos, "num", t.text, left, right)
+        self.depth -= chained
         return left
 
     def product(self) -> Node:
         left = self.unary()
+        chained = 0  # each operator of a chain nests the tree one level deeper
         while self.tok.kind == "op" and self.tok.text in ("*", "/"):
             t = self.take()
+            self.enter(t.pos)
+            chained += 1
             right = self.unary()
             _need(left, "num", f"'{t.text}'", t.pos)
             _need(right, "num", f"'{t.text}'", t.pos)
             left = Arith(left.pos, "num", t.text, left, right)
+        self.depth -= chained
         return left
 
     def unary(self) -> Node:
