@@ -259,6 +259,8 @@ async def test_night_pix_limit_at_its_boundaries(
 async def test_a_customers_own_limits(api: httpx.AsyncClient) -> None:
     night = "2023-06-01T22:00:00-03:00"
     await api.put("/v1/limits/customers/cust-1", json={"night_pix_limit": "5000.00"})
+    at_limit = await score(api, 10, type="pix", timestamp=night, amount="5000.00")
+    assert "LIMIT_NIGHT_PIX" not in at_limit["reasons"]
     assert (
         "LIMIT_NIGHT_PIX"
         not in (await score(api, 1, type="pix", timestamp=night, amount="4000.00"))["reasons"]
