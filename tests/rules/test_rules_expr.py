@@ -55,7 +55,7 @@ def columns(rows: list[dict[str, Any]] = ROWS) -> Columns:
     def col(name: str) -> Any:
         values = [r[name] for r in rows]
         if isinstance(values[0], str):
-            return lambda: np.array(values, dtype=np.str_)
+            return lambda: np.array(values, dtype=object)
         if isinstance(values[0], bool):
             return lambda: np.array(values, dtype=np.bool_)
         return lambda: np.array(values, dtype=np.float64)
@@ -84,6 +84,15 @@ def columns(rows: list[dict[str, Any]] = ROWS) -> Columns:
         ("amount - 1000 > -0.5", [True, False, True, True]),
         ("-amount < -1000", [True, False, False, False]),
         ("customer_tx_count_1d in [0, 1, 2]", [False, True, True, True]),
+        (
+            "customer_tx_count_1d not in [0, 1, 2, 3, 5, 6, 7, 8, 9, 10]",
+            [True, False, False, False],
+        ),
+        ('channel in ["a", "b", "c", "d", "e", "f", "g", "h", "web"]', [False, False, True, True]),
+        ('channel not in ["a", "b", "c", "d", "e", "f", "g", "h", ""]', [True, False, True, True]),
+        ('"pix" in ["card", "pix"]', [True, True, True, True]),
+        ('"pix" not in ["card", "pix"]', [False, False, False, False]),
+        ('"x" not in ["a", "b", "c", "d", "e", "f", "g", "h", "i"]', [True, True, True, True]),
         ("true", [True, True, True, True]),
         (
             "false or amount > 1e3" if False else "false or amount > 1000",

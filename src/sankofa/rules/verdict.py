@@ -45,6 +45,8 @@ REASON_LIMIT_NIGHT_PIX: Final = "LIMIT_NIGHT_PIX"
 REASON_LIMIT_MAX_AMOUNT: Final = "LIMIT_MAX_AMOUNT"
 RULE_REASON_PREFIX: Final = "RULE:"
 _KINDS: Final = ("customer", "terminal", "device", "ip")
+_HOT: Final = {k: f"HOT_LIST_{k.upper()}" for k in _KINDS}
+_ALLOW: Final = {k: f"ALLOW_LIST_{k.upper()}" for k in _KINDS}
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,15 +84,6 @@ def batch_keys(txs: Sequence[Transaction]) -> list[str]:
         if t.ip_ref is not None:
             keys[entity_key("ip", t.ip_ref)] = None
     return list(keys)
-
-
-def _keys_of(t: Transaction) -> tuple[str | None, ...]:
-    return (
-        entity_key("customer", t.customer_ref),
-        entity_key("terminal", t.terminal_id),
-        None if t.device_ref is None else entity_key("device", t.device_ref),
-        None if t.ip_ref is None else entity_key("ip", t.ip_ref),
-    )
 
 
 def rule_masks(rules: Sequence[CompiledRule], cols: Columns) -> list[npt.NDArray[np.bool_]]:
@@ -186,31 +179,50 @@ class RulesEngine:
             if rs.shadow:
                 shadow_hits = _hits(rs.shadow, rule_masks(rs.shadow, cols), n)
         now_s = self._wall_clock()
-        if entities:
-            rows: Sequence[int] = range(n)
-        else:
-            # Nothing listed and no customer's own limits: only rule hits and PIX
-            # above the default night limit can change anything.
-            default = self.limits.night_pix_limit_cents
-            rows = [
-                i
-                for i, t in enumerate(txs)
-                if deciding[i] >= 0 or (t.type == "pix" and t.amount_cents > default)
-            ]
+        # Only rows something can change are visited: a rule hit, a PIX above the
+        # default night limit, or an entry (list or own limits) on one of its keys.
+        by_kind: dict[str, dict[str, Entity]] = {k: {} for k in _KINDS}
+        for key, e in entities.items():
+            kind, _, ref = key.partition(":")
+            if kind in by_kind:
+                by_kind[kind][ref] = e
+        cust, term, dev, ips = (by_kind[k] for k in _KINDS)
+        default = self.limits.night_pix_limit_cents
+        hit_rows = deciding >= 0
+        rows = [
+            i
+            for i, t in enumerate(txs)
+            if hit_rows[i]
+            or (t.type == "pix" and t.amount_cents > default)
+            or (
+                entities
+                and (
+                    t.customer_ref in cust
+                    or t.terminal_id in term
+                    or (t.device_ref is not None and t.device_ref in dev)
+                    or (t.ip_ref is not None and t.ip_ref in ips)
+                )
+            )
+        ]
         for i in rows:
             t = txs[i]
             hot: list[str] = []
             allow: list[str] = []
             limits: Limits | None = None
             if entities:
-                for kind, key in zip(_KINDS, _keys_of(t), strict=True):
-                    e = entities.get(key) if key is not None else None
+                found = (
+                    cust.get(t.customer_ref),
+                    term.get(t.terminal_id),
+                    None if t.device_ref is None else dev.get(t.device_ref),
+                    None if t.ip_ref is None else ips.get(t.ip_ref),
+                )
+                for kind, e in zip(_KINDS, found, strict=True):
                     if e is None:
                         continue
                     if e.hot is not None and e.hot.live(now_s):
-                        hot.append(f"HOT_LIST_{kind.upper()}")
+                        hot.append(_HOT[kind])
                     if e.allow is not None and e.allow.live(now_s):
-                        allow.append(f"ALLOW_LIST_{kind.upper()}")
+                        allow.append(_ALLOW[kind])
                     if kind == "customer":
                         limits = e.limits
             if hot:
