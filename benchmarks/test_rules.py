@@ -1,7 +1,8 @@
 """Kernel cost of rules, lists and limits on a 1000-row batch (`make bench`).
 
-The batch: the first 1000 transactions of the committed slice of published
-data, with their own times and features (every third made a PIX). The rule set (``RULES``) is ten active and five shadow rules
+The batch: the latest 1000 transactions of the committed slice of published
+data, with their own times and features (every third made a PIX). The rule set
+(``rules_batch_cost.RULES``) is ten active and five shadow rules
 of the kinds a fraud team writes: amounts against the customer's own history,
 terminal risk, night, channel and type lists. ``judge`` is the whole per-batch
 cost the scorer adds (all rules, list and limit checks, the decision and the
@@ -18,6 +19,9 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 
+# The rule set of the end-to-end measure (benchmarks/ is on the path under pytest).
+from rules_batch_cost import RULES
+
 from sankofa.engine.transaction import Transaction, TransactionParser
 from sankofa.evaluation.train import raw_features
 from sankofa.rules.book import Entity, Limits, ListHit, build_ruleset, entity_key
@@ -29,40 +33,6 @@ from sankofa.sim.data import load_raw
 
 SLICE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "handbook-slice.csv.gz"
 ROWS = 1000
-
-RULES: list[tuple[str, str, str, str]] = [
-    # (id, action, mode, expression)
-    ("pix-night-big", "decline", "active", 'type == "pix" and is_night and amount > 100'),
-    ("pix-burst", "review", "active", 'type == "pix" and customer_tx_count_1d >= 8'),
-    (
-        "amount-vs-history",
-        "review",
-        "active",
-        "amount > 5 * customer_avg_amount_30d and customer_tx_count_30d >= 3",
-    ),
-    ("risky-terminal", "decline", "active", "terminal_risk_7d > 0.5 and terminal_tx_count_7d >= 5"),
-    ("fraud-streak", "decline", "active", "terminal_known_fraud_streak >= 2"),
-    (
-        "web-ted",
-        "step_up",
-        "active",
-        'type in ["ted", "pix"] and channel in ["web", "api"] and amount > 100',
-    ),
-    (
-        "weekend-late",
-        "review",
-        "active",
-        "is_weekend and (local_hour >= 23 or local_hour < 4) and amount > 50",
-    ),
-    ("boleto-huge", "review", "active", 'type == "boleto" and amount >= 20000'),
-    ("no-device-pix", "step_up", "active", 'type == "pix" and not has_device and amount > 150'),
-    ("small-known", "allow", "active", "amount < 5 and customer_tx_count_30d > 20"),
-    ("s-terminal-new", "decline", "shadow", "terminal_tx_count_30d < 3 and amount > 200"),
-    ("s-spend-shift", "review", "shadow", "customer_avg_amount_1d > 3 * customer_avg_amount_30d"),
-    ("s-night-card", "review", "shadow", 'type == "card" and is_night and amount > 100'),
-    ("s-currency", "review", "shadow", 'currency != "BRL"'),
-    ("s-risk-1d", "decline", "shadow", "terminal_risk_1d > 0.3 or terminal_risk_30d > 0.2"),
-]
 
 
 @pytest.fixture(scope="module")

@@ -150,6 +150,8 @@ async def test_shadow_rules_are_recorded_never_acted_on(
     assert not any(r.startswith("RULE:") for r in d["reasons"])
     row = await stored(db, 1)
     assert row["shadow_rule_hits"] == ["shadow-decline@1"] and row["rule_hits"] is None
+    view = (await api.get("/v1/transactions/tx-1")).json()["decision"]
+    assert view["shadow_rule_hits"] == ["shadow-decline@1"] and view["rule_hits"] == []
     assert (await stored(db, 1))["decision"] == "approve"
 
 

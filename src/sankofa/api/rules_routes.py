@@ -13,6 +13,7 @@ import asyncio
 import ipaddress
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from enum import Enum
 from typing import Any, Final, TypeVar
 
 import asyncpg
@@ -20,6 +21,7 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from sankofa.api import rules_schemas as RS
 from sankofa.api.body import read_json
 from sankofa.api.headers import scan_headers
 from sankofa.api.services import Services
@@ -49,7 +51,7 @@ from sankofa.rules.verdict import RulesEngine
 router = APIRouter()
 T = TypeVar("T")
 
-_TAGS: Final = ["rules"]
+_TAGS: Final[list[str | Enum]] = ["rules"]
 #: Most items one list page holds.
 MAX_PAGE: Final = 1000
 
@@ -102,7 +104,14 @@ def _page(request: Request) -> tuple[int, str | None]:
 # -- rules ---------------------------------------------------------------------
 
 
-@router.post("/v1/rules", summary="Create a rule (version 1)", status_code=201, tags=_TAGS)
+@router.post(
+    "/v1/rules",
+    summary="Create a rule (version 1)",
+    status_code=201,
+    tags=_TAGS,
+    responses=RS.responses(201),
+    openapi_extra=RS.body(RS.RuleIn),
+)
 async def create_rule(request: Request) -> Response:
     s = _services(request)
     spec, _ = parse_rule(await _body(request, s))
@@ -121,7 +130,7 @@ async def create_rule(request: Request) -> Response:
     return _json(rule.view(), 201)
 
 
-@router.get("/v1/rules", summary="The rules in force", tags=_TAGS)
+@router.get("/v1/rules", summary="The rules in force", tags=_TAGS, responses=RS.responses(200))
 async def list_rules(request: Request) -> Response:
     s = _services(request)
     rev, rules = await _db(s, store.current_rules)
@@ -129,7 +138,12 @@ async def list_rules(request: Request) -> Response:
     return _json({"revision": rev, "rules": [r.view() for r in rules]})
 
 
-@router.get("/v1/rules/{rule_id}", summary="A rule in force (its latest version)", tags=_TAGS)
+@router.get(
+    "/v1/rules/{rule_id}",
+    summary="A rule in force (its latest version)",
+    tags=_TAGS,
+    responses=RS.responses(200),
+)
 async def get_rule(request: Request, rule_id: str) -> Response:
     s = _services(request)
     rid = _rule_id(rule_id)
@@ -143,6 +157,7 @@ async def get_rule(request: Request, rule_id: str) -> Response:
     "/v1/rules/{rule_id}/versions",
     summary="Every version of a rule, deletions included",
     tags=_TAGS,
+    responses=RS.responses(200),
 )
 async def rule_versions(request: Request, rule_id: str) -> Response:
     s = _services(request)
@@ -153,7 +168,13 @@ async def rule_versions(request: Request, rule_id: str) -> Response:
     return _json({"id": rid, "versions": [r.view() for r in versions]})
 
 
-@router.put("/v1/rules/{rule_id}", summary="Change a rule: a new version", tags=_TAGS)
+@router.put(
+    "/v1/rules/{rule_id}",
+    summary="Change a rule: a new version",
+    tags=_TAGS,
+    responses=RS.responses(200),
+    openapi_extra=RS.body(RS.RuleIn),
+)
 async def update_rule(request: Request, rule_id: str) -> Response:
     s = _services(request)
     rid = _rule_id(rule_id)
@@ -175,6 +196,7 @@ async def update_rule(request: Request, rule_id: str) -> Response:
     summary="Retire a rule (its history is kept)",
     status_code=204,
     tags=_TAGS,
+    responses=RS.responses(204),
 )
 async def delete_rule(request: Request, rule_id: str) -> Response:
     s = _services(request)
@@ -198,6 +220,8 @@ async def delete_rule(request: Request, rule_id: str) -> Response:
     "/v1/rules/backtest",
     summary="How many stored transactions a draft rule would have hit, with their labels",
     tags=_TAGS,
+    responses=RS.responses(200),
+    openapi_extra=RS.body(RS.BacktestIn),
 )
 async def backtest(request: Request) -> Response:
     s = _services(request)
@@ -258,6 +282,8 @@ def _entry_view(e: store.StoredEntry, now_s: float) -> dict[str, Any]:
     "/v1/lists/{list_name}/{kinds}",
     summary="Add (201) or replace (200) an entry of a hot or allow list",
     tags=_TAGS,
+    responses=RS.responses(200, 201),
+    openapi_extra=RS.body(RS.ListEntryIn),
 )
 async def put_entry(request: Request, list_name: str, kinds: str) -> Response:
     s = _services(request)
@@ -270,7 +296,12 @@ async def put_entry(request: Request, list_name: str, kinds: str) -> Response:
     return _json(_entry_view(stored, rules.wall_clock()), 201 if created else 200)
 
 
-@router.get("/v1/lists/{list_name}/{kinds}", summary="A list's entries, by value_ref", tags=_TAGS)
+@router.get(
+    "/v1/lists/{list_name}/{kinds}",
+    summary="A list's entries, by value_ref",
+    tags=_TAGS,
+    responses=RS.responses(200),
+)
 async def get_entries(request: Request, list_name: str, kinds: str) -> Response:
     s = _services(request)
     kind = _list_kind(list_name, kinds)
@@ -287,7 +318,12 @@ async def get_entries(request: Request, list_name: str, kinds: str) -> Response:
     )
 
 
-@router.get("/v1/lists/{list_name}/{kinds}/{value}", summary="One entry, by its value", tags=_TAGS)
+@router.get(
+    "/v1/lists/{list_name}/{kinds}/{value}",
+    summary="One entry, by its value",
+    tags=_TAGS,
+    responses=RS.responses(200),
+)
 async def get_entry(request: Request, list_name: str, kinds: str, value: str) -> Response:
     s = _services(request)
     kind = _list_kind(list_name, kinds)
@@ -303,6 +339,7 @@ async def get_entry(request: Request, list_name: str, kinds: str, value: str) ->
     summary="Remove an entry",
     status_code=204,
     tags=_TAGS,
+    responses=RS.responses(204),
 )
 async def delete_entry(request: Request, list_name: str, kinds: str, value: str) -> Response:
     s = _services(request)
@@ -339,12 +376,17 @@ def _defaults(s: Services) -> dict[str, Any]:
     }
 
 
-@router.get("/v1/limits", summary="The default limits", tags=_TAGS)
+@router.get("/v1/limits", summary="The default limits", tags=_TAGS, responses=RS.responses(200))
 async def get_defaults(request: Request) -> Response:
     return _json(_defaults(_services(request)))
 
 
-@router.get("/v1/limits/customers", summary="Customers with limits of their own", tags=_TAGS)
+@router.get(
+    "/v1/limits/customers",
+    summary="Customers with limits of their own",
+    tags=_TAGS,
+    responses=RS.responses(200),
+)
 async def list_limits(request: Request) -> Response:
     s = _services(request)
     limit, after = _page(request)
@@ -357,7 +399,13 @@ async def list_limits(request: Request) -> Response:
     )
 
 
-@router.put("/v1/limits/customers/{customer_id}", summary="Set a customer's own limits", tags=_TAGS)
+@router.put(
+    "/v1/limits/customers/{customer_id}",
+    summary="Set a customer's own limits",
+    tags=_TAGS,
+    responses=RS.responses(200),
+    openapi_extra=RS.body(RS.LimitsIn),
+)
 async def put_limits(request: Request, customer_id: str) -> Response:
     s = _services(request)
     ref = _value_ref(s, "customer", customer_id, "customer_id (path)")
@@ -371,6 +419,7 @@ async def put_limits(request: Request, customer_id: str) -> Response:
     "/v1/limits/customers/{customer_id}",
     summary="A customer's limits: their own, or the defaults",
     tags=_TAGS,
+    responses=RS.responses(200),
 )
 async def get_limits(request: Request, customer_id: str) -> Response:
     s = _services(request)
@@ -396,6 +445,7 @@ async def get_limits(request: Request, customer_id: str) -> Response:
     summary="Back to the default limits",
     status_code=204,
     tags=_TAGS,
+    responses=RS.responses(204),
 )
 async def delete_limits(request: Request, customer_id: str) -> Response:
     s = _services(request)

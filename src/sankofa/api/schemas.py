@@ -118,6 +118,8 @@ class Problem(BaseModel):
     instance: str | None = None
     errors: list[dict[str, str]] | None = None
     indexes: list[int] | None = None
+    #: A rule expression refused: where (0-based offset) and, for an unknown field, which.
+    expression_error: dict[str, Any] | None = None
 
 
 SCORING_HEADERS: list[dict[str, Any]] = [

@@ -216,15 +216,15 @@ class RulesEngine:
                     None if t.device_ref is None else dev.get(t.device_ref),
                     None if t.ip_ref is None else ips.get(t.ip_ref),
                 )
-                for kind, e in zip(_KINDS, found, strict=True):
-                    if e is None:
+                for kind, entry in zip(_KINDS, found, strict=True):
+                    if entry is None:
                         continue
-                    if e.hot is not None and e.hot.live(now_s):
+                    if entry.hot is not None and entry.hot.live(now_s):
                         hot.append(_HOT[kind])
-                    if e.allow is not None and e.allow.live(now_s):
+                    if entry.allow is not None and entry.allow.live(now_s):
                         allow.append(_ALLOW[kind])
                     if kind == "customer":
-                        limits = e.limits
+                        limits = entry.limits
             if hot:
                 decision[i] = "decline"
                 reasons[i][:0] = hot
