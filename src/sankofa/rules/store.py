@@ -242,18 +242,8 @@ async def load_entities(
     """List entries and customer limits of every (kind, ref) given, in one statement:
     rows of (kind, value_ref, what, reason, expires_at, night_pix_limit_cents,
     max_amount_cents), ``what`` being ``hot``, ``allow`` or ``limits``."""
+    # The function (migration 0003) runs the join with a generic plan: see there.
     rows: list[asyncpg.Record] = await conn.fetch(
-        """
-        WITH k AS (SELECT * FROM unnest($1::text[], $2::text[]) AS k(kind, value_ref))
-        SELECT e.kind, e.value_ref, e.list AS what, e.reason, e.expires_at,
-               NULL::bigint AS night_pix_limit_cents, NULL::bigint AS max_amount_cents
-        FROM k JOIN list_entries e USING (kind, value_ref)
-        UNION ALL
-        SELECT 'customer', l.customer_ref, 'limits', l.reason, NULL,
-               l.night_pix_limit_cents, l.max_amount_cents
-        FROM k JOIN customer_limits l ON k.kind = 'customer' AND l.customer_ref = k.value_ref
-        """,
-        list(kinds),
-        list(refs),
+        "SELECT * FROM rules_load_entities($1::text[], $2::text[])", list(kinds), list(refs)
     )
     return rows
