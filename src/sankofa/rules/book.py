@@ -97,20 +97,16 @@ class EntitySource:
         self.reads = 0
 
     async def load_many(self, keys: Sequence[str]) -> dict[str, Entity]:
+        if not isinstance(keys, list):
+            keys = list(keys)
         if not keys:
             return {}
-        kinds: list[str] = []
-        refs: list[str] = []
-        for k in keys:
-            kind, _, ref = k.partition(":")
-            kinds.append(kind)
-            refs.append(ref)
         self.reads += 1
         async with asyncio.timeout(self._timeout_s), self._pool.acquire() as conn:
-            rows = await store.load_entities(conn, kinds, refs)
+            rows = await store.load_entities(conn, keys)
         parts: dict[str, dict[str, Any]] = {}
         for r in rows:
-            p = parts.setdefault(entity_key(r["kind"], r["value_ref"]), {})
+            p = parts.setdefault(r["key"], {})
             what = r["what"]
             if what == "limits":
                 p["limits"] = Limits(r["night_pix_limit_cents"], r["max_amount_cents"])

@@ -236,14 +236,12 @@ async def delete_limits(conn: asyncpg.Connection, customer_ref: str) -> bool:
 # -- the hot path's batched read ------------------------------------------------------
 
 
-async def load_entities(
-    conn: asyncpg.Connection, kinds: Sequence[str], refs: Sequence[str]
-) -> list[asyncpg.Record]:
-    """List entries and customer limits of every (kind, ref) given, in one statement:
-    rows of (kind, value_ref, what, reason, expires_at, night_pix_limit_cents,
+async def load_entities(conn: asyncpg.Connection, keys: Sequence[str]) -> list[asyncpg.Record]:
+    """List entries and customer limits of every key (``"{kind}:{value_ref}"``) given,
+    in one statement: rows of (key, what, reason, expires_at, night_pix_limit_cents,
     max_amount_cents), ``what`` being ``hot``, ``allow`` or ``limits``."""
     # The function (migration 0003) runs the join with a generic plan: see there.
     rows: list[asyncpg.Record] = await conn.fetch(
-        "SELECT * FROM rules_load_entities($1::text[], $2::text[])", list(kinds), list(refs)
+        "SELECT * FROM rules_load_entities($1::text[])", keys
     )
     return rows

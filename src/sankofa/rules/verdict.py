@@ -188,7 +188,7 @@ class RulesEngine:
                 by_kind[kind][ref] = e
         cust, term, dev, ips = (by_kind[k] for k in _KINDS)
         default = self.limits.night_pix_limit_cents
-        hit_rows = deciding >= 0
+        hit_rows = (deciding >= 0).tolist()
         rows = [
             i
             for i, t in enumerate(txs)

@@ -46,24 +46,28 @@ CREATE TABLE customer_limits (
 );
 
 -- The scorer's one read per batch: every list entry and customer limit of the
--- batch's (kind, value_ref) keys. A function, for its plan_cache_mode: the pool
+-- batch's keys ("{kind}:{value_ref}", as sankofa.rules.book names them). A function, for its plan_cache_mode: the pool
 -- plans every statement with its parameters (store/db.py), and planning this join
 -- against 512-element arrays took 25-55 ms a batch, where the generic plan (an
 -- index lookup per key) runs in 2-4 ms (measured on the loaded 2-core test box).
-CREATE FUNCTION rules_load_entities(kinds text[], refs text[])
-RETURNS TABLE (kind text, value_ref text, what text, reason text, expires_at timestamptz,
+CREATE FUNCTION rules_load_entities(keys text[])
+RETURNS TABLE (key text, what text, reason text, expires_at timestamptz,
                night_pix_limit_cents bigint, max_amount_cents bigint)
 LANGUAGE plpgsql STABLE
 SET plan_cache_mode = 'force_generic_plan'
 AS $$
-#variable_conflict use_column
 BEGIN
+    -- A key is "{kind}:{value_ref}"; a kind never holds ':', a value_ref may.
     RETURN QUERY
-    WITH k AS (SELECT * FROM unnest(kinds, refs) AS k(kind, value_ref))
-    SELECT e.kind, e.value_ref, e.list, e.reason, e.expires_at, NULL::bigint, NULL::bigint
-    FROM k JOIN list_entries e USING (kind, value_ref)
+    WITH k AS (
+        SELECT u.key, split_part(u.key, ':', 1) AS kind,
+               substr(u.key, strpos(u.key, ':') + 1) AS value_ref
+        FROM unnest(keys) AS u(key)
+    )
+    SELECT k.key, e.list, e.reason, e.expires_at, NULL::bigint, NULL::bigint
+    FROM k JOIN list_entries e ON e.kind = k.kind AND e.value_ref = k.value_ref
     UNION ALL
-    SELECT 'customer'::text, l.customer_ref, 'limits'::text, l.reason, NULL::timestamptz,
+    SELECT k.key, 'limits'::text, l.reason, NULL::timestamptz,
            l.night_pix_limit_cents, l.max_amount_cents
     FROM k JOIN customer_limits l ON k.kind = 'customer' AND l.customer_ref = k.value_ref;
 END
