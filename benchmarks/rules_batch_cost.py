@@ -6,7 +6,7 @@ measures it (same transactions), with or without a realistic configuration.
     SANKOFA_REDIS_URL=redis://127.0.0.1:6379/5 \\
     .venv/bin/python benchmarks/rules_batch_cost.py [--configured] [--sizes 256,1000]
 
-``--configured`` first stores ``RULES`` (ten active, five shadow), 10,000 hot
+``--configured`` first stores ``sankofa.rules.examples.SAMPLE_RULES`` (ten active, five shadow), 10,000 hot
 terminals, 10,000 allow-listed customers and 1,000 customers with their own
 limits, about one transaction in twenty of each batch touching one of them.
 Without it, the same engine with nothing configured (the lists and limits are
@@ -26,42 +26,10 @@ from sankofa.api.app import open_services
 from sankofa.engine.scorer import ScoreRequest
 from sankofa.queues.dispatcher import Job
 from sankofa.queues.priority import Priority
+from sankofa.rules.examples import SAMPLE_RULES
 from sankofa.settings import Settings
 
-#: (id, action, mode, expression): the kinds of rules a fraud team writes,
-#: thresholds scaled to the handbook data's amounts (median about R$ 45).
-RULES: list[tuple[str, str, str, str]] = [
-    ("pix-night-big", "decline", "active", 'type == "pix" and is_night and amount > 100'),
-    ("pix-burst", "review", "active", 'type == "pix" and customer_tx_count_1d >= 8'),
-    (
-        "amount-vs-history",
-        "review",
-        "active",
-        "amount > 5 * customer_avg_amount_30d and customer_tx_count_30d >= 3",
-    ),
-    ("risky-terminal", "decline", "active", "terminal_risk_7d > 0.5 and terminal_tx_count_7d >= 5"),
-    ("fraud-streak", "decline", "active", "terminal_known_fraud_streak >= 2"),
-    (
-        "web-ted",
-        "step_up",
-        "active",
-        'type in ["ted", "pix"] and channel in ["web", "api"] and amount > 100',
-    ),
-    (
-        "weekend-late",
-        "review",
-        "active",
-        "is_weekend and (local_hour >= 23 or local_hour < 4) and amount > 50",
-    ),
-    ("boleto-huge", "review", "active", 'type == "boleto" and amount >= 20000'),
-    ("no-device-pix", "step_up", "active", 'type == "pix" and not has_device and amount > 150'),
-    ("small-known", "allow", "active", "amount < 5 and customer_tx_count_30d > 20"),
-    ("s-terminal-new", "decline", "shadow", "terminal_tx_count_30d < 3 and amount > 200"),
-    ("s-spend-shift", "review", "shadow", "customer_avg_amount_1d > 3 * customer_avg_amount_30d"),
-    ("s-night-card", "review", "shadow", 'type == "card" and is_night and amount > 100'),
-    ("s-currency", "review", "shadow", 'currency != "BRL"'),
-    ("s-risk-1d", "decline", "shadow", "terminal_risk_1d > 0.3 or terminal_risk_30d > 0.2"),
-]
+RULES = SAMPLE_RULES
 
 
 async def configure(services: Any) -> None:
@@ -82,7 +50,12 @@ async def configure(services: Any) -> None:
                 for i in range(10_000)
             ]
             + [
-                ("customer", parse("customer", f"c{i * 20 + 7}" if i < 250 else f"y{i}"), "allow", "b")
+                (
+                    "customer",
+                    parse("customer", f"c{i * 20 + 7}" if i < 250 else f"y{i}"),
+                    "allow",
+                    "b",
+                )
                 for i in range(10_000)
             ],
         )

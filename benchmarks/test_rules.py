@@ -2,7 +2,7 @@
 
 The batch: the latest 1000 transactions of the committed slice of published
 data, with their own times and features (every third made a PIX). The rule set
-(``rules_batch_cost.RULES``) is ten active and five shadow rules
+(``sankofa.rules.examples``) is ten active and five shadow rules
 of the kinds a fraud team writes: amounts against the customer's own history,
 terminal risk, night, channel and type lists. ``judge`` is the whole per-batch
 cost the scorer adds (all rules, list and limit checks, the decision and the
@@ -19,13 +19,11 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 
-# The rule set of the end-to-end measure (benchmarks/ is on the path under pytest).
-from rules_batch_cost import RULES
-
 from sankofa.engine.transaction import Transaction, TransactionParser
 from sankofa.evaluation.train import raw_features
 from sankofa.rules.book import Entity, Limits, ListHit, build_ruleset, entity_key
 from sankofa.rules.compile import compile_expression
+from sankofa.rules.examples import SAMPLE_RULES as RULES
 from sankofa.rules.fields import live_columns
 from sankofa.rules.model import Rule
 from sankofa.rules.verdict import LimitPolicy, RulesEngine
