@@ -26,20 +26,21 @@ from sankofa.api.app import open_services
 from sankofa.engine.scorer import ScoreRequest
 from sankofa.queues.dispatcher import Job
 from sankofa.queues.priority import Priority
-from sankofa.rules.examples import SAMPLE_RULES
 from sankofa.settings import Settings
-
-RULES = SAMPLE_RULES
 
 
 async def configure(services: Any) -> None:
+    # Imported here: without --configured this script also measures trees without
+    # sankofa.rules (the "before" of docs/rules-and-cache.md).
+    from sankofa.rules.examples import SAMPLE_RULES
+
     parse = services.parser.pseudonymise
     async with services.pool.acquire() as conn:
         await conn.execute("TRUNCATE rule_versions, list_entries, customer_limits")
         await conn.executemany(
             "INSERT INTO rule_versions (rule_id, version, action, priority, mode, expression)"
             " VALUES ($1, 1, $2, $3, $4, $5)",
-            [(r, a, 10 * k, m, e) for k, (r, a, m, e) in enumerate(RULES)],
+            [(r, a, 10 * k, m, e) for k, (r, a, m, e) in enumerate(SAMPLE_RULES)],
         )
         # Every 20th terminal of the benchmark's 9000 is hot; every 20th customer of
         # its 5000 allowed (others than the hot terminals' payers); the rest of the entries name nobody in the batches.
