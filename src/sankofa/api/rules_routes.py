@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from enum import Enum
@@ -48,6 +49,7 @@ from sankofa.rules.model import (
 )
 from sankofa.rules.verdict import RulesEngine
 
+log = logging.getLogger(__name__)
 router = APIRouter()
 T = TypeVar("T")
 
@@ -79,6 +81,16 @@ async def _db(s: Services, work: Callable[[asyncpg.Connection], Awaitable[T]]) -
                 return await work(conn)
     except DB_DOWN as exc:
         raise StorageUnavailableError(f"storage unavailable: {type(exc).__name__}") from exc
+
+
+async def _refresh(s: Services) -> None:
+    """Make this instance's rules snapshot current after a committed write. The
+    write stands if this fails (the database went away just after it): the
+    periodic refresh catches up, as on every other instance."""
+    try:
+        await _rules(s).book.refresh()
+    except Exception as exc:
+        log.warning("rules snapshot not refreshed after a write (%s)", type(exc).__name__)
 
 
 async def _body(request: Request, s: Services) -> Any:
@@ -126,7 +138,7 @@ async def create_rule(request: Request) -> Response:
         return await store.append(conn, spec, version=1 if prior is None else prior.version + 1)
 
     rule = await _db(s, work)
-    await _rules(s).book.refresh()
+    await _refresh(s)
     return _json(rule.view(), 201)
 
 
@@ -187,7 +199,7 @@ async def update_rule(request: Request, rule_id: str) -> Response:
         return await store.append(conn, spec, version=prior.version + 1)
 
     rule = await _db(s, work)
-    await _rules(s).book.refresh()
+    await _refresh(s)
     return _json(rule.view())
 
 
@@ -212,7 +224,7 @@ async def delete_rule(request: Request, rule_id: str) -> Response:
         await store.append(conn, spec, version=prior.version + 1, deleted=True)
 
     await _db(s, work)
-    await _rules(s).book.refresh()
+    await _refresh(s)
     return Response(status_code=204)
 
 

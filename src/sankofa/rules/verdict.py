@@ -143,8 +143,12 @@ class RulesEngine:
         """An admin write changed these keys' entries: a cache wrapping the loader
         (one with ``invalidate``) forgets them; the plain source has nothing to forget."""
         forget = getattr(self.entities, "invalidate", None)
-        if forget is not None:
+        if forget is None:
+            return
+        try:
             await forget(keys)
+        except Exception as exc:  # the write is committed; a cache failure is not the client's
+            log.warning("cache invalidation of %d keys failed (%s)", len(keys), type(exc).__name__)
 
     async def prepare(self, txs: Sequence[Transaction]) -> dict[str, Entity]:
         """One batched read of the lists and limits of the batch."""
