@@ -134,6 +134,9 @@ async def _truncate(url: str) -> None:
         exists = await conn.fetchval("SELECT to_regclass('public.transactions') IS NOT NULL")
         if exists:
             await conn.execute("TRUNCATE labels, transactions")
+        rules = await conn.fetchval("SELECT to_regclass('public.rule_versions') IS NOT NULL")
+        if rules:
+            await conn.execute("TRUNCATE rule_versions, list_entries, customer_limits")
     finally:
         await conn.close()
 

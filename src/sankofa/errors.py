@@ -10,7 +10,9 @@
     |   +-- HeadersTooLargeError      431
     |   +-- UnsupportedMediaTypeError 415
     |   +-- InvalidFieldError         422 one or more fields break a rule
+    |   |   +-- RuleExpressionError   422 a rule's expression: where and why
     |   +-- ConflictError             409 same transaction id, other content
+    |   +-- RuleConflictError         409 a rule id taken, or changed meanwhile
     |   +-- UnstorableValueError      422 passed validation, refused by the database
     |   +-- NotFoundError             404
     |   +-- AuthError                 the caller is not let in
@@ -120,6 +122,21 @@ class InvalidFieldError(RequestError):
         super().__init__(f"{mask_pans(first.field)}: {first.message}{more}")
 
 
+class RuleExpressionError(InvalidFieldError):
+    """A rule's expression does not parse, names an unknown field or mixes types;
+    ``position`` (0-based offset into the text) and ``name`` point at the problem."""
+
+    def __init__(self, field: str, message: str, *, position: int, name: str | None) -> None:
+        super().__init__([FieldIssue(field, f"{message} (at position {position})")])
+        self.problem_extra: dict[str, object] = {
+            "expression_error": {
+                "message": message,
+                "position": position,
+                **({"name": name} if name is not None else {}),
+            }
+        }
+
+
 class ConflictError(RequestError):
     status = 409
     type_slug = "transaction-id-conflict"
@@ -128,6 +145,12 @@ class ConflictError(RequestError):
     def __init__(self, detail: str, *, indexes: Sequence[int] = ()) -> None:
         super().__init__(detail)
         self.indexes = list(indexes)
+
+
+class RuleConflictError(RequestError):
+    status = 409
+    type_slug = "rule-conflict"
+    title = "Rule conflict"
 
 
 class UnstorableValueError(RequestError):

@@ -6,8 +6,10 @@ command line hand the values they need to the parts they build.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -200,6 +202,19 @@ class Settings(BaseSettings):
         if self.auth_required is None:
             return self.environment == "production"
         return self.auth_required
+    # Rules, lists and limits (sankofa.rules).
+    #: Each instance checks this often whether the rules changed elsewhere (a poll
+    #: of the latest revision); a change made through it is in force at once.
+    rules_refresh_s: float = Field(default=1.0, gt=0, le=3600)
+    #: The BACEN night-time PIX limit for individuals, in reais, and its night:
+    #: from night_start_hour (included) to night_end_hour (excluded), local time in
+    #: limits_timezone. A customer's own limit (PUT /v1/limits/customers/...) wins.
+    night_pix_limit: Decimal = Field(default=Decimal("1000.00"), gt=0, le=10**12, decimal_places=2)
+    night_start_hour: int = Field(default=20, ge=0, le=23)
+    night_end_hour: int = Field(default=6, ge=0, le=23)
+    limits_timezone: str = "America/Sao_Paulo"
+    #: The most stored transactions one backtest reads (the answer says if it stopped).
+    backtest_max_rows: int = Field(default=2_000_000, ge=1)
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:
@@ -237,6 +252,12 @@ class Settings(BaseSettings):
                 )
         if self.jwt_ttl_s > self.jwt_max_ttl_s:
             raise ValueError("SANKOFA_JWT_TTL_S must not exceed SANKOFA_JWT_MAX_TTL_S")
+        try:
+            ZoneInfo(self.limits_timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"SANKOFA_LIMITS_TIMEZONE: unknown time zone {self.limits_timezone!r}"
+            ) from None
         if self.db_pool_min > self.db_pool_max:
             raise ValueError("SANKOFA_DB_POOL_MIN must not exceed SANKOFA_DB_POOL_MAX")
         if (

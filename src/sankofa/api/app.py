@@ -13,9 +13,11 @@ import asyncio
 import gc
 import inspect
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import asyncpg
 from fastapi import FastAPI
@@ -24,7 +26,7 @@ from fastapi_offline import FastAPIOffline
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from sankofa import __version__
-from sankofa.api import bench_routes, problems, schemas
+from sankofa.api import bench_routes, problems, rules_routes, schemas
 from sankofa.api.auth_routes import router as auth_router
 from sankofa.api.body import BodyDeadlines
 from sankofa.api.edge import EdgeMiddleware
@@ -44,6 +46,8 @@ from sankofa.privacy.routes import router as privacy_router
 from sankofa.queues.dispatcher import ClassPolicy, Dispatcher
 from sankofa.queues.priority import Priority, parse_x_priority
 from sankofa.queues.shedding import LoadShedder
+from sankofa.rules.book import EntitySource, RuleBook
+from sankofa.rules.verdict import LimitPolicy, RulesEngine
 from sankofa.settings import Settings
 from sankofa.store.db import create_pool, migrate
 from sankofa.store.reads import ReadPools
@@ -105,7 +109,10 @@ def redis_client(settings: Settings) -> Redis:
 
 @asynccontextmanager
 async def open_services(
-    settings: Settings, *, model: ScoringModel | None = None
+    settings: Settings,
+    *,
+    model: ScoringModel | None = None,
+    wall_clock: Callable[[], float] = time.time,
 ) -> AsyncIterator[Services]:
     """Open everything the service needs, in order; close it all in reverse."""
     if settings.database_url is None:
@@ -160,6 +167,7 @@ async def open_services(
         )
         await guard.start()
         stack.push_async_callback(guard.stop)
+        rules = await _open_rules(settings, pool, stack, wall_clock)
         engine = ScoringEngine(
             pool=pool,
             features=features,
@@ -170,6 +178,7 @@ async def open_services(
             shadow=shadow,
             guard=guard,
             fail_closed=fail_closed_classes(settings),
+            rules=rules,
         )
         dispatcher = Dispatcher(
             handler=engine.handle,
@@ -224,7 +233,28 @@ async def open_services(
             shedder=shedder,
             guard=guard,
             auth=auth,
+            rules=rules,
         )
+
+
+async def _open_rules(
+    settings: Settings, pool: asyncpg.Pool, stack: AsyncExitStack, wall_clock: Callable[[], float]
+) -> RulesEngine:
+    """The rules snapshot (loaded now, then kept fresh) and the lists' batched reads."""
+    book = RuleBook(pool=pool, timeout_s=settings.db_timeout_s, refresh_s=settings.rules_refresh_s)
+    await book.start()
+    stack.push_async_callback(book.stop)
+    return RulesEngine(
+        book=book,
+        entities=EntitySource(pool=pool, timeout_s=settings.db_timeout_s),
+        limits=LimitPolicy(
+            night_pix_limit_cents=int(settings.night_pix_limit.scaleb(2)),
+            night_start_hour=settings.night_start_hour,
+            night_end_hour=settings.night_end_hour,
+            timezone=ZoneInfo(settings.limits_timezone),
+        ),
+        wall_clock=wall_clock,
+    )
 
 
 async def _replica_pool(settings: Settings, stack: AsyncExitStack) -> asyncpg.Pool | None:
@@ -316,15 +346,20 @@ def _services_of(scope: Any) -> Services | None:
 
 
 def create_app(
-    settings: Settings, *, model: ScoringModel | None = None, handle_signals: bool = False
+    settings: Settings,
+    *,
+    model: ScoringModel | None = None,
+    handle_signals: bool = False,
+    wall_clock: Callable[[], float] = time.time,
 ) -> FastAPI:
     """The application. ``handle_signals``: drain on SIGTERM / SIGINT before the
     server stops (``api.lifecycle``); for a served process, not for tests in process.
+    ``wall_clock``: what list expiry is judged by (tests move it).
     """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        async with open_services(settings, model=model) as services:
+        async with open_services(settings, model=model, wall_clock=wall_clock) as services:
             shutdown = GracefulShutdown(
                 dispatcher=services.dispatcher,
                 grace_s=settings.drain_grace_s,
@@ -352,6 +387,7 @@ def create_app(
     app.include_router(router)
     app.include_router(privacy_router)
     app.include_router(auth_router)
+    app.include_router(rules_routes.router)
     if settings.benchmark_endpoints:
         app.include_router(bench_routes.router)
     problems.install(app)

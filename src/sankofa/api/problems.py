@@ -93,6 +93,7 @@ def from_error(exc: SankofaError, instance: str | None = None) -> Response:
         )
         if indexes:
             extra["indexes"] = indexes
+        extra.update(getattr(exc, "problem_extra", {}))
     elif isinstance(exc, ConflictError) and exc.indexes:
         extra["indexes"] = exc.indexes
     if isinstance(exc, (UnavailableError, DeadlineExceededError, RateLimitedError)):

@@ -241,6 +241,10 @@ def _transaction_view(row: dict[str, Any]) -> dict[str, Any]:
             "queue_ms": row["queue_ms"],
             "processing_ms": row["processing_ms"],
             "batch_size": row["batch_size"],
+            # The rules that matched, as id@version (sankofa.rules): active ones, the
+            # deciding one first when a rule decided, and shadow ones, never acted on.
+            "rule_hits": list(row.get("rule_hits") or ()),
+            "shadow_rule_hits": list(row.get("shadow_rule_hits") or ()),
             "decided_at": row["received_at"].isoformat(),
         },
         "label": None

@@ -93,7 +93,7 @@ class TransactionBatchIn(BaseModel):
 
 class DecisionOut(BaseModel):
     transaction_id: str
-    decision: Literal["approve", "review", "decline"]
+    decision: Literal["approve", "review", "decline", "step_up"]
     risk_score: float = Field(ge=0, le=1, description="Calibrated probability of fraud.")
     risk_level: Literal["LOW", "MEDIUM", "HIGH", "CRITICAL"]
     reasons: list[str] = Field(description="Stable machine-readable codes, most important first.")
@@ -146,6 +146,8 @@ class Problem(BaseModel):
     instance: str | None = None
     errors: list[dict[str, str]] | None = None
     indexes: list[int] | None = None
+    #: A rule expression refused: where (0-based offset) and, for an unknown field, which.
+    expression_error: dict[str, Any] | None = None
 
 
 SCORING_HEADERS: list[dict[str, Any]] = [

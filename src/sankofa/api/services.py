@@ -16,6 +16,7 @@ from sankofa.engine.transaction import TransactionParser
 from sankofa.metrics import Metrics
 from sankofa.queues.dispatcher import Dispatcher
 from sankofa.queues.shedding import LoadShedder
+from sankofa.rules.verdict import RulesEngine
 from sankofa.settings import Settings
 from sankofa.store.reads import ReadPools
 
@@ -38,3 +39,5 @@ class Services:
     guard: FeatureGuard
     #: Tokens, clients, roles and rates (sankofa.auth); consulted by rbac.requires.
     auth: AuthService
+    #: Rules, lists and limits (sankofa.rules).
+    rules: RulesEngine | None = None

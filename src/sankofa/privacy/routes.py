@@ -16,6 +16,8 @@ from sankofa.api.body import read_json
 from sankofa.api.headers import scan_headers
 from sankofa.api.routes import actor_of
 from sankofa.api.services import Services
+from sankofa.auth.rbac import requires
+from sankofa.auth.roles import ADMIN
 from sankofa.engine import constants as C
 from sankofa.engine.scorer import DB_DOWN
 from sankofa.errors import FieldIssue, InvalidFieldError, StorageUnavailableError
@@ -84,6 +86,7 @@ def _parse(body: Any) -> tuple[str, str | None, str | None]:
 
 @router.post(
     "/v1/privacy/erasure",
+    dependencies=[requires(ADMIN)],
     summary="Erase a customer's personal data; the decision records are kept (LGPD)",
     responses=schemas.problem_responses(400, 408, 413, 415, 422, 431, 503),
     openapi_extra={
@@ -95,8 +98,6 @@ def _parse(body: Any) -> tuple[str, str | None, str | None]:
     tags=["privacy"],
 )
 async def erasure(request: Request) -> Response:
-    # RBAC: role `admin` only. The authentication helper's dependency goes here
-    # (issue 6, item 2); until then this endpoint is as open as the others.
     s: Services = request.state.services
     body = await read_json(
         request, scan_headers(request.scope), s.settings.max_body_bytes, s.body_deadlines

@@ -56,6 +56,9 @@ COLUMNS: Final = (
     # PCI DSS (0005): the card's keyed HMAC token and last four digits; never the PAN.
     "card_token",
     "card_last4",
+    # The rules that matched (0003): active ones, then shadow ones; NULL for none.
+    "rule_hits",
+    "shadow_rule_hits",
 )
 #: dtype of a stored feature vector's elements.
 FEATURE_DTYPE: Final = np.dtype(">f8")
@@ -96,6 +99,8 @@ def record(
     shadow_risk_score: float | None = None,
     shadow_decision: str | None = None,
     shadow_model_version: str | None = None,
+    rule_hits: list[str] | None = None,
+    shadow_rule_hits: list[str] | None = None,
 ) -> Record:
     """One row, in ``COLUMNS`` order (the scorer builds the same tuple inline)."""
     return (
@@ -127,6 +132,8 @@ def record(
         shadow_model_version,
         tx.card_token,
         tx.card_last4,
+        rule_hits,
+        shadow_rule_hits,
     )
 
 
