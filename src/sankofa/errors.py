@@ -9,6 +9,7 @@
     |   +-- RequestTimeoutError       408 the body did not arrive in time
     |   +-- HeadersTooLargeError      431
     |   +-- UnsupportedMediaTypeError 415
+    |   |   +-- UnsupportedContentEncodingError  415 not gzip or identity
     |   +-- InvalidFieldError         422 one or more fields break a rule
     |   |   +-- RuleExpressionError   422 a rule's expression: where and why
     |   +-- ConflictError             409 same transaction id, other content
@@ -86,6 +87,11 @@ class UnsupportedMediaTypeError(RequestError):
     status = 415
     type_slug = "unsupported-media-type"
     title = "Unsupported media type"
+
+
+class UnsupportedContentEncodingError(UnsupportedMediaTypeError):
+    type_slug = "unsupported-content-encoding"
+    title = "Unsupported content encoding"
 
 
 @dataclass(frozen=True, slots=True)

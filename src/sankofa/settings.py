@@ -146,6 +146,24 @@ class Settings(BaseSettings):
     #: How often each process checks Redis and the rebuild marker.
     feature_check_s: float = Field(default=0.5, gt=0)
 
+    # The layered cache (sankofa.cache): GET /v1/transactions/{id}, and what the
+    # engine reads per transaction (rules, lists, limits).
+    #: Its Redis (L2 and the invalidation channel); unset: ``redis_url``.
+    cache_redis_url: str | None = None
+    #: A cache call to Redis slower than this is a miss: PostgreSQL answers.
+    cache_timeout_s: float = Field(default=0.25, gt=0)
+    #: After a Redis failure the cache leaves Redis alone this long; invalidations
+    #: it could not send are retried as often.
+    cache_retry_s: float = Field(default=1.0, gt=0)
+    cache_l1_max_entries: int = Field(default=10_000, ge=1)
+    cache_l1_ttl_s: float = Field(default=60.0, ge=0)
+    cache_l2_ttl_s: float = Field(default=600.0, ge=0)
+
+    # Compression (api/compression.py).
+    #: Responses at least this large are gzipped for a client that accepts gzip.
+    gzip_min_bytes: int = Field(default=1024, ge=0)
+    gzip_level: int = Field(default=6, ge=1, le=9)
+
     # Model and decision policy.
     #: The champion's artefact (JSON, any supported format); unset: the shipped default.
     model_path: Path | None = None

@@ -3,6 +3,7 @@ Redis): each action, the precedence, shadow rules, expiry, the night PIX limit."
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -311,3 +312,50 @@ async def test_lists_and_limits_are_one_read_per_batch(
     assert source.reads - before == services.engine.db_transactions == 1
     # The rules come from the snapshot: no read of them on the scoring path.
     assert services.rules.book.loads == loads
+    # The same customers, terminals and devices again: the layered cache answers
+    # (absences included), PostgreSQL is not asked.
+    again = {
+        "transactions": [
+            tx(100 + i, customer_id=f"c{i}", terminal_id=f"t{i}", device_id=f"d{i}")
+            for i in range(50)
+        ]
+    }
+    r = await client.post("/v1/transactions/batch", json=again)
+    assert r.status_code == 200
+    assert source.reads - before == 1
+
+
+async def test_a_list_change_reaches_another_instance_within_a_second(
+    settings: Settings,
+) -> None:
+    """Two instances on one PostgreSQL and Redis: the second has the terminal's
+    absence from the hot list cached (L1); a hot-list entry made through the
+    first reaches its decisions within a second (the cache's invalidation channel)."""
+    from contextlib import AsyncExitStack
+
+    async with AsyncExitStack() as stack:
+        clients = []
+        for _ in range(2):
+            app = create_app(settings)
+            state = await stack.enter_async_context(app.router.lifespan_context(app))
+            transport = httpx.ASGITransport(app=_with_state(app, state))
+            clients.append(
+                await stack.enter_async_context(
+                    httpx.AsyncClient(transport=transport, base_url="http://sankofa.test")
+                )
+            )
+        a, b = clients
+        first = await score(b, 1, terminal_id="term-hot")
+        assert "HOT_LIST_TERMINAL" not in first["reasons"]  # its absence is now cached in b
+        r = await a.post("/v1/lists/hot/terminals", json={"value": "term-hot", "reason": "skimmer"})
+        assert r.status_code == 201, r.text
+        deadline = time.monotonic() + 1.0
+        i = 2
+        while True:
+            d = await score(b, i, terminal_id="term-hot")
+            if d["reasons"][0] == "HOT_LIST_TERMINAL":
+                break
+            assert time.monotonic() < deadline, "b still serves the cached absence after 1 s"
+            i += 1
+            await asyncio.sleep(0.02)
+        assert d["decision"] == "decline"

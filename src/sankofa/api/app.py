@@ -1,7 +1,7 @@
 """The application factory and the lifespan that owns every resource.
 
 Start order: PostgreSQL pool (and migrations), the read replica's pool (when
-one is configured; store/reads.py), Redis client, feature store,
+one is configured; store/reads.py), Redis client, the layered cache, feature store,
 model (and the shadow model, when one is set), scoring engine, dispatcher. Shutdown runs in reverse: the dispatcher
 drains first (intake stops, queued work is served until the grace deadline,
 the rest is answered 503), then Redis and the pools close.
@@ -29,12 +29,14 @@ from sankofa import __version__
 from sankofa.api import bench_routes, problems, rules_routes, schemas
 from sankofa.api.auth_routes import router as auth_router
 from sankofa.api.body import BodyDeadlines
+from sankofa.api.compression import GzipResponses
 from sankofa.api.edge import EdgeMiddleware
 from sankofa.api.lifecycle import GracefulShutdown
-from sankofa.api.routes import router
+from sankofa.api.routes import TRANSACTIONS_CACHE, router, transaction_view_loader
 from sankofa.api.services import Services
 from sankofa.auth.rbac import document_security
 from sankofa.auth.service import open_auth
+from sankofa.cache import BytesCodec, LayeredCache, open_cache
 from sankofa.engine.decision import DecisionPolicy
 from sankofa.engine.feature_guard import FeatureGuard
 from sankofa.engine.features_online import FeatureStore
@@ -46,6 +48,7 @@ from sankofa.privacy.routes import router as privacy_router
 from sankofa.queues.dispatcher import ClassPolicy, Dispatcher
 from sankofa.queues.priority import Priority, parse_x_priority
 from sankofa.queues.shedding import LoadShedder
+from sankofa.rules import cached as cached_entities
 from sankofa.rules.book import EntitySource, RuleBook
 from sankofa.rules.verdict import LimitPolicy, RulesEngine
 from sankofa.settings import Settings
@@ -144,6 +147,24 @@ async def open_services(
 
         redis = redis_client(settings)
         stack.push_async_callback(redis.aclose)
+        cache = await stack.enter_async_context(
+            open_cache(
+                redis_url=settings.cache_redis_url or settings.redis_url,
+                prefix=settings.redis_prefix,
+                registry=metrics.registry,
+                timeout_s=settings.cache_timeout_s,
+                retry_s=settings.cache_retry_s,
+            )
+        )
+        # Stored decisions never change; their label does (invalidated on POST /v1/labels).
+        cache.register(
+            TRANSACTIONS_CACHE,
+            transaction_view_loader(reads),
+            codec=BytesCodec(),
+            l1_max_entries=settings.cache_l1_max_entries,
+            l1_ttl_s=settings.cache_l1_ttl_s,
+            l2_ttl_s=settings.cache_l2_ttl_s,
+        )
         features = FeatureStore(
             redis=redis,
             prefix=settings.redis_prefix,
@@ -167,7 +188,7 @@ async def open_services(
         )
         await guard.start()
         stack.push_async_callback(guard.stop)
-        rules = await _open_rules(settings, pool, stack, wall_clock)
+        rules = await _open_rules(settings, pool, stack, wall_clock, cache)
         engine = ScoringEngine(
             pool=pool,
             features=features,
@@ -234,19 +255,31 @@ async def open_services(
             guard=guard,
             auth=auth,
             rules=rules,
+            cache=cache,
         )
 
 
 async def _open_rules(
-    settings: Settings, pool: asyncpg.Pool, stack: AsyncExitStack, wall_clock: Callable[[], float]
+    settings: Settings,
+    pool: asyncpg.Pool,
+    stack: AsyncExitStack,
+    wall_clock: Callable[[], float],
+    cache: LayeredCache,
 ) -> RulesEngine:
-    """The rules snapshot (loaded now, then kept fresh) and the lists' batched reads."""
+    """The rules snapshot (loaded now, then kept fresh) and the lists' batched reads,
+    through the layered cache (``rules.cached``)."""
     book = RuleBook(pool=pool, timeout_s=settings.db_timeout_s, refresh_s=settings.rules_refresh_s)
     await book.start()
     stack.push_async_callback(book.stop)
     return RulesEngine(
         book=book,
-        entities=EntitySource(pool=pool, timeout_s=settings.db_timeout_s),
+        entities=cached_entities.register(
+            cache,
+            EntitySource(pool=pool, timeout_s=settings.db_timeout_s),
+            l1_max_entries=settings.cache_l1_max_entries,
+            l1_ttl_s=settings.cache_l1_ttl_s,
+            l2_ttl_s=settings.cache_l2_ttl_s,
+        ),
         limits=LimitPolicy(
             night_pix_limit_cents=int(settings.night_pix_limit.scaleb(2)),
             night_start_hour=settings.night_start_hour,
@@ -391,6 +424,8 @@ def create_app(
     if settings.benchmark_endpoints:
         app.include_router(bench_routes.router)
     problems.install(app)
+    # Inside the edge: its timing and request id cover the compression too.
+    app.add_middleware(GzipResponses, min_bytes=settings.gzip_min_bytes, level=settings.gzip_level)
     app.add_middleware(EdgeMiddleware, services_of=_services_of)
 
     def openapi() -> dict[str, Any]:

@@ -29,6 +29,7 @@ from sankofa.errors import (
     TokenRequestError,
     UnauthorizedError,
     UnavailableError,
+    UnsupportedContentEncodingError,
 )
 from sankofa.privacy.cards import mask_pans
 
@@ -110,6 +111,9 @@ def from_error(exc: SankofaError, instance: str | None = None) -> Response:
         headers = {"Cache-Control": "no-store", "Pragma": "no-cache"}
         if exc.status == 401:
             headers["WWW-Authenticate"] = 'Basic realm="sankofa"'
+    elif isinstance(exc, UnsupportedContentEncodingError):
+        # RFC 9110 15.5.16: say which coding would have been accepted.
+        headers = {"Accept-Encoding": "gzip"}
     if isinstance(exc, DrainingError):
         # Shutting down: the client should reconnect (to another instance).
         headers = {**(headers or {}), "Connection": "close"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+from collections.abc import Sequence
 from typing import Any, Final
 
 import orjson
@@ -17,6 +18,7 @@ from sankofa.api.headers import priority_of, scan_headers, timeout_of
 from sankofa.api.services import Services
 from sankofa.auth.rbac import public, requires
 from sankofa.auth.roles import ANALYST, SCORER
+from sankofa.cache import Loader
 from sankofa.engine import constants as C
 from sankofa.engine.labels import parse_labels
 from sankofa.engine.scorer import DB_DOWN, ScoreRequest
@@ -32,6 +34,7 @@ from sankofa.metrics import PRIORITY_SCOPE_KEY
 from sankofa.privacy.cards import looks_like_pan
 from sankofa.store import audit
 from sankofa.store import repository as repo
+from sankofa.store.reads import ReadPools
 
 _TXID: Final = re.compile(C.TRANSACTION_ID_PATTERN)
 
@@ -160,6 +163,9 @@ async def post_labels(request: Request) -> Response:
                 )
     except DB_DOWN as exc:
         raise StorageUnavailableError(f"storage unavailable: {type(exc).__name__}") from exc
+    # Committed: every instance drops the old view (a Redis failure is retried by
+    # the cache, never an error here).
+    await s.cache.invalidate(TRANSACTIONS_CACHE, [lb.transaction_id for lb in labels])
     # Stored durably; now visible to terminal-risk features. If Redis cannot take
     # them, the labels are not lost: the guard rebuilds the histories from
     # PostgreSQL, labels included, once Redis answers.
@@ -192,14 +198,39 @@ async def get_transaction(request: Request, transaction_id: str) -> Response:
             [FieldIssue("transaction_id", "looks like a card number (PAN); never stored")]
         )
     try:
-        # The replica when configured; the primary if it lags (not found there)
-        # or fails, so a transaction just answered 200 is never a 404 here.
-        row = await s.reads.fetch(lambda conn: repo.get_transaction(conn, transaction_id))
+        # Through the layered cache (L1, Redis, then the loader below); a Redis
+        # failure is only a miss there, a database failure reaches us.
+        view: bytes | None = await s.cache.get(TRANSACTIONS_CACHE, transaction_id)
     except DB_DOWN as exc:
         raise StorageUnavailableError(f"storage unavailable: {type(exc).__name__}") from exc
-    if row is None:
+    if view is None:
         raise NotFoundError(f"no transaction {transaction_id}")
-    return _json(_transaction_view(row))
+    return Response(content=view, media_type="application/json")
+
+
+#: The cache namespace of GET /v1/transactions/{id}: the rendered view, by id.
+TRANSACTIONS_CACHE: Final = "transactions"
+
+
+def transaction_view_loader(reads: ReadPools) -> Loader[bytes]:
+    """The cache's L3 for stored transactions: their rendered views, read from the
+    replica when configured, and from the primary for ids the replica lacks (it
+    may lag) or when it fails, so a transaction just answered 200 is never a 404."""
+
+    async def load_many(ids: Sequence[str]) -> dict[str, bytes]:
+        found: dict[str, dict[str, Any]] = {}
+
+        async def query(conn: Any) -> dict[str, dict[str, Any]] | None:
+            found.update(await repo.get_transactions(conn, [i for i in ids if i not in found]))
+            return found if len(found) == len(ids) else None
+
+        await reads.fetch(query)
+        return {
+            tid: orjson.dumps(_transaction_view(row), option=orjson.OPT_SERIALIZE_NUMPY)
+            for tid, row in found.items()
+        }
+
+    return load_many
 
 
 def _iso(value: Any) -> str | None:

@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 
 from sankofa.api.body import BodyDeadlines
 from sankofa.auth.service import AuthService
+from sankofa.cache import LayeredCache
 from sankofa.engine.feature_guard import FeatureGuard
 from sankofa.engine.features_online import FeatureStore
 from sankofa.engine.scorer import DecisionOut, ScoreRequest, ScoringEngine
@@ -39,5 +40,7 @@ class Services:
     guard: FeatureGuard
     #: Tokens, clients, roles and rates (sankofa.auth); consulted by rbac.requires.
     auth: AuthService
+    #: The layered cache's namespaces (``sankofa.cache.layered``).
+    cache: LayeredCache
     #: Rules, lists and limits (sankofa.rules).
     rules: RulesEngine | None = None
