@@ -61,6 +61,8 @@ from sankofa.engine.transaction import Transaction
 from sankofa.errors import FeatureStoreUnavailableError
 
 HASH_SLOTS: Final = 16384
+#: One script call: its slot group, its keys (all tagged to that group), its arguments.
+_Call = tuple[int, list[str], list[Any]]
 #: features_group.lua's reply: doubles per item head.
 _ITEM_WORDS: Final = 4
 #: A cluster client gives up on a command after this many retries (each after
@@ -154,13 +156,14 @@ class ClusterFeatureStore(FeatureStore):
     def _group(self, name: str) -> int:
         return zlib.crc32(name.encode()) % self._groups
 
+    def _key(self, kind: str, name: str, group: int) -> str:
+        return f"{self._prefix}:{C.REDIS_LAYOUT}:{{{self._tags[group]}}}:{kind}:{name}"
+
     def customer_key(self, customer_ref: str) -> str:
-        tag = self._tags[self._group(customer_ref)]
-        return f"{self._prefix}:{C.REDIS_LAYOUT}:{{{tag}}}:{C.REDIS_CUSTOMER}:{customer_ref}"
+        return self._key(C.REDIS_CUSTOMER, customer_ref, self._group(customer_ref))
 
     def terminal_key(self, terminal_id: str) -> str:
-        tag = self._tags[self._group(terminal_id)]
-        return f"{self._prefix}:{C.REDIS_LAYOUT}:{{{tag}}}:{C.REDIS_TERMINAL}:{terminal_id}"
+        return self._key(C.REDIS_TERMINAL, terminal_id, self._group(terminal_id))
 
     async def compute(self, txs: Sequence[Transaction]) -> OnlineFeatures:
         n = len(txs)
@@ -176,10 +179,10 @@ class ClusterFeatureStore(FeatureStore):
         tkeys: list[str] = []
         hashes: list[bytes] = []
         for i, tx in enumerate(txs):
-            cgroup[i] = self._group(tx.customer_ref)
-            tgroup[i] = self._group(tx.terminal_id)
-            ckeys.append(self.customer_key(tx.customer_ref))
-            tkeys.append(self.terminal_key(tx.terminal_id))
+            cgroup[i] = cg = self._group(tx.customer_ref)
+            tgroup[i] = tg = self._group(tx.terminal_id)
+            ckeys.append(self._key(C.REDIS_CUSTOMER, tx.customer_ref, cg))
+            tkeys.append(self._key(C.REDIS_TERMINAL, tx.terminal_id, tg))
             times[i] = tx.event_time_s
             cents[i] = tx.amount_cents
             local[i] = tx.local_time_s
@@ -191,7 +194,7 @@ class ClusterFeatureStore(FeatureStore):
         # order (a history's items keep the batch's order, which is all the
         # script's per-key work depends on).
         plan: list[tuple[int, np.ndarray[Any, Any], np.ndarray[Any, Any]]] = []
-        calls: list[tuple[list[str], list[Any]]] = []
+        calls: list[_Call] = []
         for g in sorted(set(cgroup.tolist()) | set(tgroup.tolist())):
             ci = np.flatnonzero(cgroup == g)
             ti = np.flatnonzero(tgroup == g)
@@ -199,32 +202,35 @@ class ClusterFeatureStore(FeatureStore):
             batch = records[ci].tobytes() + records[ti].tobytes()
             kinds = b"c" * ci.shape[0] + b"t" * ti.shape[0]
             plan.append((g, ci, ti))
-            calls.append((keys, [*self._fixed_args, batch, kinds]))
+            calls.append((g, keys, [*self._fixed_args, batch, kinds]))
         replies = await self._run(self._eval_all(self._group_script, calls))
         reply = _join(n, plan, replies)
         counts, flags = windows(reply, times)
         return OnlineFeatures(assemble(counts, cents, local), flags)
 
     async def forget(self, txs: Sequence[Transaction], flags: Sequence[int]) -> None:
-        by_group: dict[int, tuple[list[str], list[Any]]] = {}
+        by_group: dict[int, _Call] = {}
         for tx, f in zip(txs, flags, strict=True):
             h = id_hash(tx.transaction_id)
             if f & ADDED_CUSTOMER:
-                keys, args = by_group.setdefault(self._group(tx.customer_ref), ([], []))
-                keys.append(self.customer_key(tx.customer_ref))
+                g = self._group(tx.customer_ref)
+                _, keys, args = by_group.setdefault(g, (g, [], []))
+                keys.append(self._key(C.REDIS_CUSTOMER, tx.customer_ref, g))
                 args += [h, _CUSTOMER_HASH_AT]
             if f & ADDED_TERMINAL:
-                keys, args = by_group.setdefault(self._group(tx.terminal_id), ([], []))
-                keys.append(self.terminal_key(tx.terminal_id))
+                g = self._group(tx.terminal_id)
+                _, keys, args = by_group.setdefault(g, (g, [], []))
+                keys.append(self._key(C.REDIS_TERMINAL, tx.terminal_id, g))
                 args += [h, _TERMINAL_HASH_AT]
         if by_group:
             await self._run(self._eval_all(self._forget, list(by_group.values())))
 
     async def apply_labels(self, labels: Sequence[tuple[str, str, float, bool]]) -> int:
-        by_group: dict[int, tuple[list[str], list[Any]]] = {}
+        by_group: dict[int, _Call] = {}
         for terminal_id, txid, _, fraud in labels:
-            keys, args = by_group.setdefault(self._group(terminal_id), ([], []))
-            keys.append(self.terminal_key(terminal_id))
+            g = self._group(terminal_id)
+            _, keys, args = by_group.setdefault(g, (g, [], []))
+            keys.append(self._key(C.REDIS_TERMINAL, terminal_id, g))
             args += [id_hash(txid), _FRAUD if fraud else _NOT_FRAUD]
         if not by_group:
             return 0
@@ -244,15 +250,23 @@ class ClusterFeatureStore(FeatureStore):
                 return False
             raise
 
-    async def _eval_all(self, script: Any, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
-        """Run one script call per (keys, args), each call's keys in one slot, through one
-        pipeline: one round trip per node. Raises the first call's error, if any."""
+    async def _eval_all(self, script: Any, calls: list[_Call]) -> list[Any]:
+        """Run one script call per (group, keys, args), each call's keys in its group's
+        slot, through one pipeline: one round trip per node. Raises the first error.
+
+        Each call is sent to its group's node as the client last saw the cluster, which
+        spares the client checking that every key of a call hashes to one slot (ours do,
+        by their tag): a moved slot is redirected (MOVED), and a retry after a failure
+        routes by the keys.
+        """
+        await self._cluster.initialize()  # at once unless a refresh is due
+        manager = self._cluster.nodes_manager
+        nodes = [manager.get_node_from_slot(self._group_slots[g]) for g, _, _ in calls]
         pipe = self._cluster.pipeline(transaction=False)
-        for keys, args in calls:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        for node, (_, keys, args) in zip(nodes, calls, strict=True):
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args, target_nodes=node)
         results: list[Any] = await pipe.execute(raise_on_error=False)
-        slots = {self._group_slots[self._group_of_key(keys[0])] for keys, _ in calls}
-        self.round_trips += self._nodes(slots)
+        self.round_trips += len({node.name for node in nodes})
         self.script_calls += len(calls)
         missing = [i for i, r in enumerate(results) if isinstance(r, redis_errors.NoScriptError)]
         if missing:
@@ -260,31 +274,16 @@ class ClusterFeatureStore(FeatureStore):
             # EVAL runs it and leaves it cached there. NOSCRIPT means it did not run.
             pipe = self._cluster.pipeline(transaction=False)
             for i in missing:
-                keys, args = calls[i]
+                _, keys, args = calls[i]
                 pipe.eval(script.script, len(keys), *keys, *args)
             again = await pipe.execute(raise_on_error=False)
             for i, r in zip(missing, again, strict=True):
                 results[i] = r
-            self.round_trips += self._nodes(
-                {self._group_slots[self._group_of_key(calls[i][0][0])] for i in missing}
-            )
+            self.round_trips += len({nodes[i].name for i in missing})
         for r in results:
             if isinstance(r, BaseException):
                 raise r
         return results
-
-    def _group_of_key(self, key: str) -> int:
-        """The group of one of our keys, from its tag."""
-        tag = key[key.index("{") + 1 : key.index("}")]
-        return int(tag.split(".")[1])
-
-    def _nodes(self, slots: set[int]) -> int:
-        """How many nodes serve these slots (as the client last saw the cluster)."""
-        try:
-            manager = self._cluster.nodes_manager
-            return len({manager.get_node_from_slot(s).name for s in slots})
-        except Exception:  # the slot map is being refreshed: count slots instead
-            return len(slots)
 
     async def _run(self, awaitable: Any) -> Any:
         try:
