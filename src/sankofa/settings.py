@@ -144,6 +144,11 @@ class Settings(BaseSettings):
             raise ValueError("SANKOFA_HMAC_KEY must be set to a secret outside development")
         if len(self.hmac_key.get_secret_value()) < 16:
             raise ValueError("SANKOFA_HMAC_KEY must be at least 16 characters")
+        if self.redis_cluster and self.redis_url is None:
+            # The embedded Redis is a single server.
+            raise ValueError(
+                "SANKOFA_REDIS_CLUSTER needs SANKOFA_REDIS_URL (a node of the cluster)"
+            )
         if self.db_pool_min > self.db_pool_max:
             raise ValueError("SANKOFA_DB_POOL_MIN must not exceed SANKOFA_DB_POOL_MAX")
         if (

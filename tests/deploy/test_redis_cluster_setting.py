@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from deploy_tools import COMPOSE_FILE, DEPLOY, PENDING_SETTINGS, load_local_cluster, load_yaml
 from sankofa.settings import Settings
 
@@ -15,8 +17,11 @@ K8S = DEPLOY / "k8s"
 
 def test_the_setting_is_the_service_s() -> None:
     assert "SANKOFA_REDIS_CLUSTER" not in PENDING_SETTINGS
-    assert Settings(redis_cluster="true").redis_cluster is True  # type: ignore[arg-type]
+    node = "redis://127.0.0.1:7000/0"
+    assert Settings(redis_cluster="true", redis_url=node).redis_cluster is True  # type: ignore[arg-type]
     assert Settings().redis_cluster is False
+    with pytest.raises(ValueError, match="SANKOFA_REDIS_URL"):
+        Settings(redis_cluster=True)  # the embedded Redis is no cluster
 
 
 def test_compose_instances_use_the_three_node_cluster() -> None:
