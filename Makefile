@@ -4,7 +4,7 @@
 #   make test   the whole suite against real PostgreSQL and Redis
 #   make bench  benchmark kernels (pytest-benchmark)
 #   make lint   ruff + mypy
-#   make cluster  nginx, 4 instances, PostgreSQL primary + replica and Redis as native
+#   make cluster  nginx, 4 instances, PostgreSQL primary + replica and a Redis Cluster as native
 #               processes on loopback (deploy/local/sankofa_cluster.py), until Ctrl-C
 
 PYTHON ?= python3
