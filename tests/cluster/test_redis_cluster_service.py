@@ -410,3 +410,37 @@ async def test_kill_9_a_master_under_load_the_service_recovers_by_itself(
     since = newest - REACH_S
     assert within_reach(cluster_state, since) == within_reach(expected, since)
     assert len(within_reach(expected, since)) > 300
+
+
+async def test_a_master_down_makes_the_guard_stop_calling_redis(
+    tmp_path: Path, database_url: str, redis_prefix: str
+) -> None:
+    """The guard reads its marker from one node; a dead master elsewhere must make
+    it stop calling Redis too, or every batch would try the dead node first (and a
+    host that is down, not refusing, costs a connect timeout each time)."""
+    from sankofa.engine.feature_guard import FeatureGuard
+    from sankofa.engine.features_cluster import ClusterFeatureStore, cluster_client
+
+    if cluster_mod.redis7_binary() is None:
+        pytest.skip("no redis-server 7 or later (Debian package redis-server)")
+    with cluster_mod.RedisCluster(tmp_path / "rc", masters=3) as rc:
+        redis = cluster_client(rc.url, max_connections=4, timeout_s=1.0)
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
+        try:
+            store = ClusterFeatureStore(
+                redis=redis, prefix=redis_prefix, timeout_s=1.0, key_ttl_s=45 * 86_400
+            )
+            guard = FeatureGuard(redis=redis, store=store, pool=pool, prefix=redis_prefix)
+            await redis.set(store.marker_key, f"{time.time():.6f}")
+            await guard.check()
+            assert guard.available and guard.complete
+            marker_node = redis.get_node_from_key(store.marker_key)
+            other = next(n for n in redis.get_primaries() if n.name != marker_node.name)
+            rc.process_of(int(other.port)).kill()
+            assert await store.all_nodes_answer() is False
+            assert await store.ping() is False
+            await guard.check()
+            assert not guard.available
+        finally:
+            await pool.close()
+            await redis.aclose()

@@ -48,7 +48,6 @@ from sankofa.engine.features_online import (
     _TERMINAL_HASH_AT,
     ADDED_CUSTOMER,
     ADDED_TERMINAL,
-    REDIS_DOWN,
     FeatureStore,
     OnlineFeatures,
     RedisClient,
@@ -245,10 +244,8 @@ class ClusterFeatureStore(FeatureStore):
         try:
             await self._run(self._cluster.ping(target_nodes=RedisCluster.PRIMARIES))
             return True
-        except Exception as exc:
-            if isinstance(exc, (*REDIS_DOWN, redis_errors.RedisError)) or _unavailable(exc):
-                return False
-            raise
+        except (FeatureStoreUnavailableError, redis_errors.RedisError):
+            return False
 
     async def _eval_all(self, script: Any, calls: list[_Call]) -> list[Any]:
         """Run one script call per (group, keys, args), each call's keys in its group's
