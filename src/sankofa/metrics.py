@@ -154,7 +154,9 @@ class Metrics:
         )
         self.batches = Counter("sankofa_batches", "Batches run", registry=r)
         self.redis_round_trips = Counter(
-            "sankofa_redis_round_trips", "Feature-store round trips (one per batch)", registry=r
+            "sankofa_redis_round_trips",
+            "Feature-store round trips (one per batch; per master on a Redis Cluster)",
+            registry=r,
         )
         self.db_transactions = Counter(
             "sankofa_db_transactions", "Database transactions (one per batch)", registry=r

@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     #: there, writes to the primary. Unset: everything reads the primary.
     database_replica_url: str | None = None
     redis_url: str | None = None
+    #: ``redis_url`` names a node of a Redis Cluster (the client learns the others
+    #: from it). The feature keys are hash-tagged into ``redis_cluster_slot_groups``
+    #: groups: a batch costs one round trip per master and one script call per
+    #: group (engine.features_cluster). As many groups as masters, or a multiple.
+    redis_cluster: bool = False
+    redis_cluster_slot_groups: int = Field(default=3, ge=1, le=256)
     data_dir: Path = Path(".sankofa")
     redis_prefix: str = Field(default="sk", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
 
@@ -276,6 +282,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"SANKOFA_LIMITS_TIMEZONE: unknown time zone {self.limits_timezone!r}"
             ) from None
+        if self.redis_cluster and self.redis_url is None:
+            # The embedded Redis is a single server.
+            raise ValueError(
+                "SANKOFA_REDIS_CLUSTER needs SANKOFA_REDIS_URL (a node of the cluster)"
+            )
         if self.db_pool_min > self.db_pool_max:
             raise ValueError("SANKOFA_DB_POOL_MIN must not exceed SANKOFA_DB_POOL_MAX")
         if (

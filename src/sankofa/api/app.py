@@ -23,7 +23,6 @@ import asyncpg
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi_offline import FastAPIOffline
-from redis.asyncio import BlockingConnectionPool, Redis
 
 from sankofa import __version__
 from sankofa.api import bench_routes, problems, rules_routes, schemas
@@ -39,7 +38,9 @@ from sankofa.auth.service import open_auth
 from sankofa.cache import BytesCodec, LayeredCache, open_cache
 from sankofa.engine.decision import DecisionPolicy
 from sankofa.engine.feature_guard import FeatureGuard
-from sankofa.engine.features_online import FeatureStore
+from sankofa.engine.features_cluster import feature_store
+from sankofa.engine.features_cluster import redis_client as open_redis
+from sankofa.engine.features_online import RedisClient
 from sankofa.engine.scorer import ScoringEngine
 from sankofa.engine.serving import ScoringModel, load_model, load_model_file, policy_for
 from sankofa.engine.transaction import TransactionParser
@@ -96,18 +97,15 @@ def shed_limits(settings: Settings) -> dict[Priority, int | None]:
     }
 
 
-def redis_client(settings: Settings) -> Redis:
+def redis_client(settings: Settings) -> RedisClient:
     if settings.redis_url is None:
         raise ValueError("SANKOFA_REDIS_URL is not set (the CLI starts an embedded Redis)")
-    pool = BlockingConnectionPool.from_url(
+    return open_redis(
         settings.redis_url,
+        cluster=settings.redis_cluster,
         max_connections=settings.redis_pool_max,
-        timeout=settings.redis_timeout_s,
-        socket_timeout=settings.redis_timeout_s,
-        socket_connect_timeout=settings.redis_timeout_s,
+        timeout_s=settings.redis_timeout_s,
     )
-    # from_pool: the client owns the pool, so aclose() closes its connections too.
-    return Redis.from_pool(pool)
 
 
 @asynccontextmanager
@@ -165,11 +163,12 @@ async def open_services(
             l1_ttl_s=settings.cache_l1_ttl_s,
             l2_ttl_s=settings.cache_l2_ttl_s,
         )
-        features = FeatureStore(
-            redis=redis,
+        features = feature_store(
+            redis,
             prefix=settings.redis_prefix,
             timeout_s=settings.redis_timeout_s,
             key_ttl_s=settings.feature_key_ttl_s,
+            slot_groups=settings.redis_cluster_slot_groups,
         )
         served = model if model is not None else load_model(settings.model_path)
         policy: DecisionPolicy = policy_for(served, settings)
@@ -322,7 +321,7 @@ async def _sample_gauges(
     metrics: Metrics,
     dispatcher: Dispatcher[Any, Any],
     pool: asyncpg.Pool,
-    redis: Redis,
+    redis: RedisClient,
     guard: FeatureGuard,
 ) -> None:
     rebuilds = 0
@@ -336,7 +335,8 @@ async def _sample_gauges(
         size = pool.get_size()
         metrics.db_pool_size.set(size)
         metrics.db_pool_in_use.set(size - pool.get_idle_size())
-        in_use = getattr(redis.connection_pool, "_in_use_connections", None)
+        # One pool to one server; a cluster client has a pool per node (not sampled).
+        in_use = getattr(getattr(redis, "connection_pool", None), "_in_use_connections", None)
         if in_use is not None:
             metrics.redis_pool_in_use.set(len(in_use))
         await asyncio.sleep(GAUGE_INTERVAL_S)

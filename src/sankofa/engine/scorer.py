@@ -226,11 +226,13 @@ class ScoringEngine:
                 matrix: npt.NDArray[np.float64] | None = None
                 if guard is None or guard.available:
                     counting = bool(new_txs)
-                    if self._metrics is not None and new_txs:
-                        self._metrics.redis_round_trips.inc()
+                    trips = self._features.round_trips
                     try:
                         online = await self._features.compute(new_txs)
                         flags, matrix = online.flags, online.matrix
+                        if self._metrics is not None:
+                            # One per batch; on a Redis Cluster, one per master.
+                            self._metrics.redis_round_trips.inc(self._features.round_trips - trips)
                     except FeatureStoreUnavailableError:
                         if guard is None:
                             raise
