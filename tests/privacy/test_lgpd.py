@@ -271,6 +271,7 @@ def test_settings_refuse_unsafe_values() -> None:
         environment="production",
         hmac_key="a-production-secret-0123456789",
         card_token_key="another-production-secret-987",
+        jwt_secret="a-jwt-signing-secret-of-32-bytes-or-more",
     )
     with pytest.raises(ValidationError):
         Settings(personal_data_retention_days=30)

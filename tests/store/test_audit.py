@@ -339,6 +339,9 @@ async def app_role(database_url: str) -> AsyncIterator[str]:
     role = f"sankofa_test_{secrets.token_hex(4)}"
     admin = await asyncpg.connect(database_url)
     try:
+        # As a deployment does: migrated by its owner first (which makes
+        # sankofa_app and its grants), whatever test ran before this one.
+        await migrate(admin)
         await admin.execute(f'CREATE ROLE "{role}" LOGIN IN ROLE sankofa_app')
         yield _url_with(database_url, user=role)
     finally:

@@ -156,6 +156,12 @@ BEGIN
     GRANT USAGE ON SCHEMA public TO sankofa_app;
     GRANT SELECT ON schema_migrations TO sankofa_app;
     GRANT SELECT, INSERT, UPDATE ON transactions, labels TO sankofa_app;
+    -- Tables of earlier migrations (0003 rules, lists and limits; 0004 clients):
+    -- rule versions are only ever appended.
+    GRANT SELECT, INSERT ON rule_versions TO sankofa_app;
+    GRANT SELECT, INSERT, UPDATE, DELETE ON list_entries, customer_limits, auth_clients
+        TO sankofa_app;
+    GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO sankofa_app;
     GRANT SELECT ON audit_log, audit_head, audit_trail TO sankofa_app;
     REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON audit_log, audit_head FROM sankofa_app;
     GRANT EXECUTE ON FUNCTION audit_append(text, text, jsonb) TO sankofa_app;
