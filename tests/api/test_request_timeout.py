@@ -30,5 +30,9 @@ async def test_a_budget_at_the_floor_is_honoured(client: httpx.AsyncClient) -> N
         json=tx(),
         headers={"x-request-timeout-ms": str(MIN_TIMEOUT_MS), "x-priority": "critical"},
     )
-    # Scored in time on a quiet machine; on a starved one a 504 is the honest answer.
-    assert r.status_code in (200, 504), r.text
+    # Scored in time on a quiet machine; on a starved one a 504 (not scored in
+    # time) or a 503 "outcome unknown" (scored, but the commit was not confirmed
+    # within the budget) is the honest answer. Never a 422: the floor is allowed.
+    assert r.status_code in (200, 503, 504), r.text
+    if r.status_code == 503:
+        assert r.json()["type"] == "urn:sankofa:problem:outcome-unknown", r.text

@@ -1,6 +1,7 @@
 """Reading a JSON request body safely: media type, size limit, parse.
 
-* Content-Type must be ``application/json`` (or a ``+json`` type): 415 otherwise.
+* Content-Type must be ``application/json`` (or a ``+json`` type), and a
+  ``charset`` parameter, when given, ``utf-8``: 415 otherwise.
 * Content-Encoding ``gzip`` is inflated as it streams, within the same limit
   (``api.compression``): a gzip bomb is a 413, corrupt gzip a 400, another
   coding a 415.
@@ -41,14 +42,32 @@ def _check_media_type(headers: dict[str, str]) -> str | None:
     ctype = headers.get("content-type")
     if ctype is None:
         raise UnsupportedMediaTypeError("Content-Type must be application/json")
-    media = ctype.split(";", 1)[0].strip().lower()
+    media, _, params = ctype.partition(";")
+    media = media.strip().lower()
     if media != "application/json" and not (
         media.startswith("application/") and media.endswith("+json")
     ):
         raise UnsupportedMediaTypeError(
             f"Content-Type must be application/json, not {media or 'empty'}"
         )
+    if params:
+        _check_charset(params)
     return request_encoding(headers.get("content-encoding"))
+
+
+def _check_charset(params: str) -> None:
+    """JSON is UTF-8 (RFC 8259 section 8.1). A body declared in another charset
+    would be read as UTF-8 all the same, and a latin-1 "S\xe3o Paulo" would be
+    stored as something else, or refused as malformed: 415 instead, naming it."""
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if name.strip().lower() != "charset":
+            continue
+        charset = value.strip().strip('"').lower()
+        if charset not in ("utf-8", "utf8"):
+            raise UnsupportedMediaTypeError(
+                f"JSON must be sent as UTF-8; charset {charset or 'empty'} is not accepted"
+            )
 
 
 class BodyDeadlines:

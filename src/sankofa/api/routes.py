@@ -16,6 +16,8 @@ from sankofa.api import schemas
 from sankofa.api.body import read_json
 from sankofa.api.headers import priority_of, scan_headers, timeout_of
 from sankofa.api.services import Services
+from sankofa.auth.rbac import public, requires
+from sankofa.auth.roles import ANALYST, SCORER
 from sankofa.cache import Loader
 from sankofa.engine import constants as C
 from sankofa.engine.labels import parse_labels
@@ -29,6 +31,8 @@ from sankofa.errors import (
     StorageUnavailableError,
 )
 from sankofa.metrics import PRIORITY_SCOPE_KEY
+from sankofa.privacy.cards import looks_like_pan
+from sankofa.store import audit
 from sankofa.store import repository as repo
 from sankofa.store.reads import ReadPools
 
@@ -50,11 +54,22 @@ def _services(request: Request) -> Services:
     return services
 
 
+#: Where the authentication layer leaves who is calling (a client id), for the
+#: audit trail. Unset: the record names the database session's user.
+ACTOR_SCOPE_KEY: Final = "sankofa.actor"
+
+
+def actor_of(request: Request) -> str | None:
+    actor = request.scope.get(ACTOR_SCOPE_KEY)
+    return actor if isinstance(actor, str) else None
+
+
 @router.post(
     "/v1/transactions",
+    dependencies=[requires(SCORER)],
     summary="Score one transaction",
     response_model=schemas.DecisionOut,
-    responses=schemas.PROBLEM_RESPONSES,
+    responses=schemas.SCORING_RESPONSES,
     openapi_extra=schemas.body_ref("TransactionIn", headers=True),
     tags=["scoring"],
 )
@@ -74,9 +89,10 @@ async def score_one(request: Request) -> Response:
 
 @router.post(
     "/v1/transactions/batch",
+    dependencies=[requires(SCORER)],
     summary="Score up to 1000 transactions; results in the same order",
     response_model=schemas.BatchDecisionOut,
-    responses=schemas.PROBLEM_RESPONSES,
+    responses=schemas.SCORING_RESPONSES,
     openapi_extra=schemas.body_ref("TransactionBatchIn", headers=True),
     tags=["scoring"],
 )
@@ -107,9 +123,10 @@ async def score_batch(request: Request) -> Response:
 
 @router.post(
     "/v1/labels",
+    dependencies=[requires(SCORER, ANALYST)],
     summary="Record labels (fraud or not) learnt after the fact",
     response_model=schemas.LabelsOut,
-    responses=schemas.PROBLEM_RESPONSES,
+    responses=schemas.LABELS_RESPONSES,
     openapi_extra=schemas.body_ref("LabelsIn"),
     tags=["labels"],
 )
@@ -132,6 +149,18 @@ async def post_labels(request: Request) -> Response:
                             for i in unknown
                         ]
                     )
+                # Last in the transaction: it holds the audit head's lock until the commit.
+                await audit.record(
+                    conn,
+                    "labels",
+                    actor_of(request),
+                    {
+                        "count": len(labels),
+                        "applied": len(applied),
+                        "transaction_ids": [lb.transaction_id for lb in labels],
+                        "fraud": [lb.transaction_id for lb in labels if lb.fraud],
+                    },
+                )
     except DB_DOWN as exc:
         raise StorageUnavailableError(f"storage unavailable: {type(exc).__name__}") from exc
     # Committed: every instance drops the old view (a Redis failure is retried by
@@ -152,8 +181,9 @@ async def post_labels(request: Request) -> Response:
 
 @router.get(
     "/v1/transactions/{transaction_id}",
+    dependencies=[requires(ANALYST)],
     summary="The stored transaction and its decision",
-    responses=schemas.PROBLEM_RESPONSES,
+    responses=schemas.READ_RESPONSES,
     tags=["reads"],
 )
 async def get_transaction(request: Request, transaction_id: str) -> Response:
@@ -161,6 +191,11 @@ async def get_transaction(request: Request, transaction_id: str) -> Response:
     if not _TXID.fullmatch(transaction_id):
         raise InvalidFieldError(
             [FieldIssue("transaction_id", "must be 1-64 characters of A-Z a-z 0-9 . _ : -")]
+        )
+    if looks_like_pan(transaction_id):
+        # Never stored, so never found; refused rather than quoted back in a 404.
+        raise InvalidFieldError(
+            [FieldIssue("transaction_id", "looks like a card number (PAN); never stored")]
         )
     try:
         # Through the layered cache (L1, Redis, then the loader below); a Redis
@@ -198,6 +233,10 @@ def transaction_view_loader(reads: ReadPools) -> Loader[bytes]:
     return load_many
 
 
+def _iso(value: Any) -> str | None:
+    return None if value is None else str(value.isoformat())
+
+
 def _transaction_view(row: dict[str, Any]) -> dict[str, Any]:
     from datetime import timedelta, timezone
 
@@ -215,7 +254,10 @@ def _transaction_view(row: dict[str, Any]) -> dict[str, Any]:
             "device_ref": row["device_ref"],
             "ip_ref": row["ip_ref"],
             "metadata": row["metadata"],
+            "card_token": row.get("card_token"),
+            "card_last4": row.get("card_last4"),
             "received_at": row["received_at"].isoformat(),
+            "personal_data_erased_at": _iso(row.get("personal_data_erased_at")),
         },
         "decision": {
             "decision": row["decision"],
@@ -230,6 +272,10 @@ def _transaction_view(row: dict[str, Any]) -> dict[str, Any]:
             "queue_ms": row["queue_ms"],
             "processing_ms": row["processing_ms"],
             "batch_size": row["batch_size"],
+            # The rules that matched, as id@version (sankofa.rules): active ones, the
+            # deciding one first when a rule decided, and shadow ones, never acted on.
+            "rule_hits": list(row.get("rule_hits") or ()),
+            "shadow_rule_hits": list(row.get("shadow_rule_hits") or ()),
             "decided_at": row["received_at"].isoformat(),
         },
         "label": None
@@ -259,6 +305,7 @@ _READY_SCHEMA: Final = {
 
 @router.get(
     "/metrics",
+    dependencies=[public()],
     summary="Prometheus metrics",
     tags=["health"],
     response_class=Response,
@@ -271,6 +318,7 @@ async def metrics(request: Request) -> Response:
 
 @router.get(
     "/health/live",
+    dependencies=[public()],
     summary="The process is up",
     tags=["health"],
     response_class=Response,
@@ -289,13 +337,14 @@ async def metrics(request: Request) -> Response:
         }
     },
 )
-@router.head("/health/live", include_in_schema=False)
+@router.head("/health/live", include_in_schema=False, dependencies=[public()])
 async def live() -> Response:
     return _json({"status": "ok"})
 
 
 @router.get(
     "/health/ready",
+    dependencies=[public()],
     summary="Ready to score: database, Redis, dispatcher (and the read replica, reported)",
     tags=["health"],
     response_class=Response,
@@ -308,7 +357,7 @@ async def live() -> Response:
         },
     },
 )
-@router.head("/health/ready", include_in_schema=False)
+@router.head("/health/ready", include_in_schema=False, dependencies=[public()])
 async def ready(request: Request) -> Response:
     s = _services(request)
     checks: dict[str, bool] = {}
