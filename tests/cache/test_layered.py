@@ -227,6 +227,22 @@ async def test_a_write_reaches_the_other_instance_within_a_second(
     )
 
 
+async def test_a_unix_socket_url_works_as_the_embedded_redis_uses_one(
+    make_cache: CacheFactory, table: Table, tmp_path: Path
+) -> None:
+    sock = tmp_path / "redis.sock"
+    with private_redis(tmp_path, "--unixsocket", str(sock), "--unixsocketperm", "700"):
+        url = f"unix://{sock}?db=0"
+        a, a_registry = await make_cache(url)
+        b, b_registry = await make_cache(url)
+        assert a.invalidation_heard and b.invalidation_heard
+        assert await a.get("items", "a") == "alpha"
+        assert await b.get("items", "a") == "alpha"
+        assert await table.loads() == 1
+        assert lookups(b_registry, "l2", "hit") == 1
+        assert failures(a_registry) == failures(b_registry) == 0
+
+
 async def test_redis_stopped_is_a_miss_and_a_metric(
     make_cache: CacheFactory, table: Table, tmp_path: Path
 ) -> None:

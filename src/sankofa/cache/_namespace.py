@@ -30,7 +30,9 @@ Loader = Callable[[Sequence[str]], Awaitable[Mapping[str, V | None]]]
 
 
 def _reason(exc: BaseException) -> str:
-    return "timeout" if isinstance(exc, TimeoutError) else "error"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    return "error" if isinstance(exc, L2_FAILURES) else "unexpected"
 
 
 class _Flight(Generic[V]):
@@ -209,7 +211,7 @@ class Namespace(Generic[V]):
         started = time.perf_counter()
         try:
             raw = await l2.multi_get(self._namespace, keys)
-        except L2_FAILURES as exc:
+        except Exception as exc:  # any failure of L2 is a miss (logged), never the caller's
             self._l2_failed("get", exc, len(keys))
             return None
         finally:
@@ -295,7 +297,7 @@ class Namespace(Generic[V]):
             return
         try:
             await l2.fill(self._namespace, entries)
-        except L2_FAILURES as exc:
+        except Exception as exc:  # any failure of L2 is a miss (logged), never the caller's
             self._l2_failed("fill", exc, 1)
 
     def _fill_l1(
@@ -320,6 +322,8 @@ class Namespace(Generic[V]):
                 op,
                 type(exc).__name__,
                 exc,
+                # Not a Redis failure as such (a bug, a misconfiguration): say where.
+                exc_info=not isinstance(exc, L2_FAILURES),
             )
         self._l2.failed()
         self._m.failure("l2", op, _reason(exc), n)
@@ -359,7 +363,7 @@ class Namespace(Generic[V]):
                     channel=self._bus.channel if self._bus is not None else "",
                     message=invalidation_message(self.name, keys),
                 )
-            except L2_FAILURES as exc:
+            except Exception as exc:  # any failure of L2 is a miss (logged), never the caller's
                 self._l2_failed("invalidate", exc, 1)
                 return False
             l2.succeeded()

@@ -19,7 +19,6 @@ from typing import Any, Final
 import redis.asyncio as aioredis
 from aiocache import RedisCache
 from aiocache.serializers import BaseSerializer
-from redis.asyncio.connection import parse_url
 from redis.exceptions import RedisError
 
 from sankofa.cache.constants import FILL_SCRIPT, INVALIDATE_SCRIPT
@@ -43,29 +42,29 @@ class _RawBytes(BaseSerializer):  # type: ignore[misc]
 
 
 def aiocache_from_url(url: str, *, timeout_s: float, pool_max: int, socket_timeout_s: float) -> Any:
-    """An aiocache RedisCache on the server ``url`` names (host, port, db, user,
-    password, TLS as redis-py reads them), with a bounded, blocking pool."""
-    options: dict[str, Any] = dict(parse_url(url))
-    host = options.pop("host", "127.0.0.1")
-    port = options.pop("port", 6379)
-    db = options.pop("db", 0)
-    password = options.pop("password", None)
-    options.update(
-        socket_timeout=socket_timeout_s,
-        # Waiting for a free connection is bounded too (BlockingConnectionPool).
-        timeout=socket_timeout_s,
-    )
+    """An aiocache RedisCache on the server ``url`` names, with a bounded, blocking pool.
+
+    aiocache builds its pool from a host and port; the pool here is built from the
+    URL instead (redis-py's ``from_url``), so that whatever the service's Redis URL
+    may say (a unix socket, as the embedded Redis uses; TLS; a user) holds for the
+    cache too."""
+
+    def pool_from_url(**_aiocache_kwargs: Any) -> aioredis.BlockingConnectionPool:
+        pool: aioredis.BlockingConnectionPool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=pool_max,
+            # Waiting for a free connection is bounded too.
+            timeout=socket_timeout_s,
+            socket_timeout=socket_timeout_s,
+            socket_connect_timeout=socket_timeout_s,
+            decode_responses=False,
+        )
+        return pool
+
     return RedisCache(
         serializer=_RawBytes(),
-        endpoint=host,
-        port=port,
-        db=db,
-        password=password,
         timeout=timeout_s,
-        pool_max_size=pool_max,
-        create_connection_timeout=socket_timeout_s,
-        connection_pool_class=aioredis.BlockingConnectionPool,
-        connection_pool_kwargs=options,
+        connection_pool_class=pool_from_url,
     )
 
 

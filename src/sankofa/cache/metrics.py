@@ -11,7 +11,8 @@ PostgreSQL):
   layer (a whole batch of keys: the L1 pass, one Redis round trip, one load).
 * ``sankofa_cache_failures_total{cache,layer,op,reason}``: a layer that failed and
   was treated as a miss: ``timeout``, ``error`` (connection refused, reset, a Redis
-  error), ``corrupt`` (an entry that does not decode), ``skipped`` (Redis left
+  error), ``unexpected`` (anything else: a bug or a misconfiguration, logged with
+  its traceback), ``corrupt`` (an entry that does not decode), ``skipped`` (Redis left
   alone for a moment after a failure), ``unsubscribed`` (L1 bypassed while the
   invalidation channel is not heard).
 * ``sankofa_cache_invalidations_total{cache,source}``: keys dropped from L1 by this
