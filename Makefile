@@ -4,7 +4,9 @@
 #   make test   the whole suite against real PostgreSQL and Redis
 #   make bench  benchmark kernels (pytest-benchmark)
 #   make lint   ruff + mypy
-#   make cluster  nginx, 4 instances, PostgreSQL primary + replica and Redis as native
+#   make token  an access token in one step: make token ROLE="scorer analyst" [TTL=900]
+#               (signed with SANKOFA_JWT_SECRET; docs/security.md)
+#   make cluster  nginx, 4 instances, PostgreSQL primary + replica and a Redis Cluster as native
 #               processes on loopback (deploy/local/sankofa_cluster.py), until Ctrl-C
 
 PYTHON ?= python3
@@ -12,7 +14,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench lint venv clean cluster
+.PHONY: run test bench lint venv clean cluster token
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required, found " + sys.version.split()[0])'
@@ -25,6 +27,10 @@ venv: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/sankofa serve
+
+ROLE ?= scorer
+token: $(STAMP)
+	@$(BIN)/sankofa token $(foreach r,$(ROLE),--role $(r)) $(if $(TTL),--ttl $(TTL))
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

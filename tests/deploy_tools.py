@@ -22,10 +22,10 @@ DEPLOY = ROOT / "deploy"
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "sankofa.json"
 
-#: Settings the deployment files already pass but the service does not read
-#: yet: issue 7 part 2 (Redis Cluster) adds it. Remove a name once
+#: Settings the deployment files may pass before the service reads them (none
+#: now: SANKOFA_REDIS_CLUSTER landed). Remove a name once
 #: src/sankofa/settings.py has it.
-PENDING_SETTINGS = frozenset({"SANKOFA_REDIS_CLUSTER"})
+PENDING_SETTINGS: frozenset[str] = frozenset()
 
 #: Debian installs some of these outside a non-root PATH, or under another name
 #: (Alertmanager is /usr/bin/prometheus-alertmanager there).

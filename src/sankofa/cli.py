@@ -11,6 +11,10 @@
     sankofa features compare --raw FILE --published FILE
     sankofa features rebuild
     sankofa loadtest  run|ceiling ...
+    sankofa audit     verify [--decisions --anchor SEQ:HASH] | head
+    sankofa privacy   retention [--days N --dry-run]
+    sankofa client    create --name N --role R... | delete ID_OR_NAME | list
+    sankofa token     --role R... [--ttl S]
 
 Operators script these names and options; they stay stable. Settings come
 from ``SANKOFA_*`` variables; options given here override them.
@@ -136,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--id-prefix", default="", help="prefix for transaction ids (to replay twice)")
     s.add_argument("--seed", type=int, default=0, help="seed of the priority draw")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from sankofa.auth.client_auth import add_client_auth_arguments
+
+    add_client_auth_arguments(s)
     s.add_argument(
         "--protocol",
         choices=("split",),
@@ -217,6 +224,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_loadtest_parser(sub)
 
+    from sankofa.privacy.cli import add_privacy_parser
+    from sankofa.store.audit import add_audit_parser
+
+    add_audit_parser(sub)
+    add_privacy_parser(sub)
+    from sankofa.auth.cli import add_auth_parsers
+
+    add_auth_parsers(sub)
+
     s = sub.add_parser(
         "evaluate",
         help="evaluate on the handbook's protocol",
@@ -283,10 +299,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sankofa.evaluation.tune import main_tune
 
         return main_tune(args)
+    if args.command == "audit":
+        from sankofa.store.audit import run_audit
+
+        return run_audit(args)
+    if args.command == "privacy":
+        from sankofa.privacy.cli import run_privacy
+
+        return run_privacy(args)
     if args.command == "shadow":
         from sankofa.store.shadow import run_shadow_report
 
         return run_shadow_report(args)
+    if args.command == "client":
+        from sankofa.auth.cli import run_client
+
+        return run_client(args)
+    if args.command == "token":
+        from sankofa.auth.cli import run_token
+
+        return run_token(args)
     raise AssertionError(args.command)
 
 

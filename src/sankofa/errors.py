@@ -9,10 +9,18 @@
     |   +-- RequestTimeoutError       408 the body did not arrive in time
     |   +-- HeadersTooLargeError      431
     |   +-- UnsupportedMediaTypeError 415
+    |   |   +-- UnsupportedContentEncodingError  415 not gzip or identity
     |   +-- InvalidFieldError         422 one or more fields break a rule
+    |   |   +-- RuleExpressionError   422 a rule's expression: where and why
     |   +-- ConflictError             409 same transaction id, other content
+    |   +-- RuleConflictError         409 a rule id taken, or changed meanwhile
     |   +-- UnstorableValueError      422 passed validation, refused by the database
     |   +-- NotFoundError             404
+    |   +-- AuthError                 the caller is not let in
+    |   |   +-- UnauthorizedError     401 no, bad or expired token (WWW-Authenticate)
+    |   |   +-- ForbiddenError        403 a valid token without the role
+    |   |   +-- TokenRequestError     400/401 /v1/oauth/token refused (RFC 6749 error)
+    |   +-- RateLimitedError          429 the client is over its rate (Retry-After)
     +-- UnavailableError              503, always with Retry-After
     |   +-- OverloadedError           admission control refused the request
     |   +-- DrainingError             shutting down, intake stopped
@@ -29,6 +37,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from sankofa.privacy.cards import mask_pans
 
 
 class SankofaError(Exception):
@@ -79,6 +89,11 @@ class UnsupportedMediaTypeError(RequestError):
     title = "Unsupported media type"
 
 
+class UnsupportedContentEncodingError(UnsupportedMediaTypeError):
+    type_slug = "unsupported-content-encoding"
+    title = "Unsupported content encoding"
+
+
 @dataclass(frozen=True, slots=True)
 class FieldIssue:
     """One broken rule: where (a JSON-pointer-like path) and why."""
@@ -92,6 +107,8 @@ class FieldIssue:
 
 
 def _printable(text: str) -> str:
+    # A client's field name (an unknown key) is quoted back: never a card number.
+    text = mask_pans(text)
     if text.isprintable():
         return text
     return text.encode("unicode_escape").decode("ascii")
@@ -108,7 +125,22 @@ class InvalidFieldError(RequestError):
         self.issues = list(issues)
         first = self.issues[0]
         more = f" (and {len(self.issues) - 1} more)" if len(self.issues) > 1 else ""
-        super().__init__(f"{first.field}: {first.message}{more}")
+        super().__init__(f"{mask_pans(first.field)}: {first.message}{more}")
+
+
+class RuleExpressionError(InvalidFieldError):
+    """A rule's expression does not parse, names an unknown field or mixes types;
+    ``position`` (0-based offset into the text) and ``name`` point at the problem."""
+
+    def __init__(self, field: str, message: str, *, position: int, name: str | None) -> None:
+        super().__init__([FieldIssue(field, f"{message} (at position {position})")])
+        self.problem_extra: dict[str, object] = {
+            "expression_error": {
+                "message": message,
+                "position": position,
+                **({"name": name} if name is not None else {}),
+            }
+        }
 
 
 class ConflictError(RequestError):
@@ -119,6 +151,12 @@ class ConflictError(RequestError):
     def __init__(self, detail: str, *, indexes: Sequence[int] = ()) -> None:
         super().__init__(detail)
         self.indexes = list(indexes)
+
+
+class RuleConflictError(RequestError):
+    status = 409
+    type_slug = "rule-conflict"
+    title = "Rule conflict"
 
 
 class UnstorableValueError(RequestError):
@@ -134,6 +172,50 @@ class NotFoundError(RequestError):
     status = 404
     type_slug = "not-found"
     title = "Not found"
+
+
+class AuthError(RequestError):
+    status = 401
+    type_slug = "unauthorized"
+    title = "Authentication required"
+
+
+class UnauthorizedError(AuthError):
+    """No usable bearer token. ``error`` is RFC 6750's code for WWW-Authenticate."""
+
+    def __init__(self, detail: str, *, error: str | None = "invalid_token") -> None:
+        super().__init__(detail)
+        self.error = error
+
+
+class ForbiddenError(AuthError):
+    status = 403
+    type_slug = "forbidden"
+    title = "Forbidden: the token lacks the role"
+
+
+class TokenRequestError(AuthError):
+    """A token request refused; ``error`` is RFC 6749 5.2's code, sent beside the
+    problem's members so that OAuth client libraries understand it."""
+
+    status = 400
+    type_slug = "invalid-token-request"
+    title = "Token request refused"
+
+    def __init__(self, detail: str, *, error: str, status: int = 400) -> None:
+        super().__init__(detail)
+        self.error = error
+        self.status = status
+
+
+class RateLimitedError(RequestError):
+    status = 429
+    type_slug = "rate-limited"
+    title = "Too many requests"
+
+    def __init__(self, detail: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(detail)
+        self.retry_after_s = max(1.0, retry_after_s)
 
 
 class UnavailableError(SankofaError):

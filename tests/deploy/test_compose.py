@@ -174,6 +174,7 @@ def test_the_instances_read_only_settings_the_service_has(compose: dict[str, Any
         assert env["SANKOFA_ENVIRONMENT"] == "production"
         # Required from the user, never defaulted in the file.
         assert env["SANKOFA_HMAC_KEY"].startswith("${SANKOFA_HMAC_KEY:?")
+        assert env["SANKOFA_JWT_SECRET"].startswith("${SANKOFA_JWT_SECRET:?")
 
 
 def test_instances_are_given_time_to_drain(compose: dict[str, Any]) -> None:

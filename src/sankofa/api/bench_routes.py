@@ -24,12 +24,19 @@ from starlette.responses import Response
 from sankofa.api.body import read_json
 from sankofa.api.headers import priority_of, scan_headers
 from sankofa.api.services import Services
+from sankofa.auth.rbac import requires
+from sankofa.auth.roles import SCORER
 from sankofa.engine.decision import decide
 from sankofa.engine.scorer import DB_DOWN
 from sankofa.errors import ConflictError, StorageUnavailableError
 from sankofa.store import repository as repo
 
-router = APIRouter(prefix="/bench", tags=["benchmark baselines"], include_in_schema=False)
+router = APIRouter(
+    prefix="/bench",
+    tags=["benchmark baselines"],
+    include_in_schema=False,
+    dependencies=[requires(SCORER)],
+)
 
 _FIXED: Final = orjson.dumps(
     {

@@ -32,6 +32,7 @@ from sankofa.api.services import Services
 from sankofa.errors import HeadersTooLargeError, OverloadedError
 from sankofa.logs import REQUEST_ID
 from sankofa.metrics import PRIORITY_SCOPE_KEY, route_of
+from sankofa.privacy.cards import mask_pans
 from sankofa.queues.priority import Priority, PriorityHeaderError, resolve_priority
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,11 @@ class EdgeMiddleware:
             try:
                 await self.app(scope, receive, edge_send)
             except Exception:
-                log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+                log.exception(
+                    "unhandled error on %s %s",
+                    scope.get("method"),
+                    mask_pans(str(scope.get("path"))),
+                )
                 if response_started:
                     raise  # nothing sensible can be sent any more
                 response = problem(

@@ -24,9 +24,14 @@ from sankofa.errors import (
     DeadlineExceededError,
     DrainingError,
     InvalidFieldError,
+    RateLimitedError,
     SankofaError,
+    TokenRequestError,
+    UnauthorizedError,
     UnavailableError,
+    UnsupportedContentEncodingError,
 )
+from sankofa.privacy.cards import mask_pans
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +69,8 @@ def problem(
         "detail": detail,
     }
     if instance:
-        body["instance"] = instance
+        # The request's own path, quoted back: never with a card number in it.
+        body["instance"] = mask_pans(instance)
     body.update(extra)
     return Response(
         content=orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
@@ -88,10 +94,26 @@ def from_error(exc: SankofaError, instance: str | None = None) -> Response:
         )
         if indexes:
             extra["indexes"] = indexes
+        extra.update(getattr(exc, "problem_extra", {}))
     elif isinstance(exc, ConflictError) and exc.indexes:
         extra["indexes"] = exc.indexes
-    if isinstance(exc, (UnavailableError, DeadlineExceededError)):
+    if isinstance(exc, (UnavailableError, DeadlineExceededError, RateLimitedError)):
         headers = _retry_after(exc.retry_after_s)
+    elif isinstance(exc, UnauthorizedError):
+        # RFC 6750 3: the scheme, and why, for the client library.
+        challenge = 'Bearer realm="sankofa"'
+        if exc.error:
+            challenge += f', error="{exc.error}"'
+        headers = {"WWW-Authenticate": challenge}
+    elif isinstance(exc, TokenRequestError):
+        # RFC 6749 5.1/5.2: error answers of the token endpoint are not cached.
+        extra["error"] = exc.error
+        headers = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+        if exc.status == 401:
+            headers["WWW-Authenticate"] = 'Basic realm="sankofa"'
+    elif isinstance(exc, UnsupportedContentEncodingError):
+        # RFC 9110 15.5.16: say which coding would have been accepted.
+        headers = {"Accept-Encoding": "gzip"}
     if isinstance(exc, DrainingError):
         # Shutting down: the client should reconnect (to another instance).
         headers = {**(headers or {}), "Connection": "close"}
@@ -142,7 +164,7 @@ def install(app: FastAPI) -> None:
         )
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        log.exception("unhandled error on %s %s", request.method, mask_pans(request.url.path))
         return problem(
             500,
             "internal",

@@ -48,7 +48,21 @@ class TransactionIn(BaseModel):
         pattern=_TRIMMED,
         min_length=1,
         max_length=C.MAX_IDENTIFIER_CHARS,
-        description="The payer; printable characters; stored pseudonymised (keyed HMAC).",
+        description="The payer; printable characters; stored pseudonymised (keyed HMAC)."
+        " A card number (PAN) here is refused.",
+    )
+    customer_id_type: Literal["cpf", "cnpj"] | None = Field(
+        default=None,
+        description="Declares customer_id a CPF or CNPJ: check digits verified (422"
+        " otherwise), punctuation removed before it is pseudonymised.",
+    )
+    card_number: str | None = Field(
+        default=None,
+        pattern=r"^[0-9](?:[ -]?[0-9]){12,18}$",
+        description="The card's PAN (13-19 digits passing Luhn; single spaces or dashes"
+        " between groups allowed). Never stored: only a keyed HMAC token and the last four"
+        " digits. A PAN in any other field is refused (422).",
+        examples=["4111 1111 1111 1111"],
     )
     terminal_id: str = Field(
         pattern=_TRIMMED,
@@ -79,7 +93,7 @@ class TransactionBatchIn(BaseModel):
 
 class DecisionOut(BaseModel):
     transaction_id: str
-    decision: Literal["approve", "review", "decline"]
+    decision: Literal["approve", "review", "decline", "step_up"]
     risk_score: float = Field(ge=0, le=1, description="Calibrated probability of fraud.")
     risk_level: Literal["LOW", "MEDIUM", "HIGH", "CRITICAL"]
     reasons: list[str] = Field(description="Stable machine-readable codes, most important first.")
@@ -132,6 +146,8 @@ class Problem(BaseModel):
     instance: str | None = None
     errors: list[dict[str, str]] | None = None
     indexes: list[int] | None = None
+    #: A rule expression refused: where (0-based offset) and, for an unknown field, which.
+    expression_error: dict[str, Any] | None = None
 
 
 SCORING_HEADERS: list[dict[str, Any]] = [
@@ -197,13 +213,16 @@ def component_schemas() -> dict[str, Any]:
 
 _PROBLEM_DESCRIPTIONS: dict[int, str] = {
     400: "Malformed JSON (or a body the client stopped sending)",
+    401: "No valid bearer token (with WWW-Authenticate)",
+    403: "The token lacks the role this endpoint requires",
     404: "Not found",
     408: "The body did not arrive in time (SANKOFA_BODY_TIMEOUT_S, 10 s by default)",
     409: "Transaction id already used with other content",
     413: "Body too large",
     415: "Wrong media type, a charset other than UTF-8, or a Content-Encoding",
     422: "Invalid field or header (which, and why)",
-    431: "Request header fields too large",
+    429: "The client is over its request rate (with Retry-After)",
+    431: "Request header fields too large (an oversized Authorization header too)",
     503: "Overloaded, draining or storage unavailable (with Retry-After)",
     504: "Deadline passed before scoring (with Retry-After)",
 }
@@ -227,7 +246,7 @@ def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
                 "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
             },
         }
-        if code in (503, 504):
+        if code in (429, 503, 504):
             entry["headers"] = _RETRY_AFTER
         out[code] = entry
     return out

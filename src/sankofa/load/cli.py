@@ -145,6 +145,9 @@ def add_loadtest_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="a request not answered this long after its intended time is a timeout",
     )
     r.add_argument("--run-id", help="transaction id prefix (default: random, unique per run)")
+    from sankofa.auth.client_auth import add_client_auth_arguments
+
+    add_client_auth_arguments(r)
     r.add_argument("--no-plots", action="store_true", help="JSON and markdown only")
     r.add_argument("--quiet", action="store_true", help="no progress lines")
 
@@ -211,6 +214,11 @@ def _run(args: argparse.Namespace) -> int:
     path = args.path or ("/v1/transactions/batch" if args.batch > 1 else "/v1/transactions")
     input_path = args.input or default_input()
     try:
+        authorization = _authorization(args)
+    except (ValueError, PermissionError, OSError) as exc:
+        print(f"sankofa loadtest: {exc}", file=sys.stderr)
+        return 2
+    try:
         spec = RunSpec(
             url=args.url,
             path=path,
@@ -230,6 +238,7 @@ def _run(args: argparse.Namespace) -> int:
             start_row=args.start_row,
             sample=tuple(groups),
             sample_generator=psutil_available(),
+            authorization=authorization,
         )
     except ValueError as exc:
         print(f"sankofa loadtest: {exc}", file=sys.stderr)
@@ -257,6 +266,28 @@ def _run(args: argparse.Namespace) -> int:
     for p in written["files"]:
         print(f"wrote {p}", file=sys.stderr)
     return 0
+
+
+def _authorization(args: argparse.Namespace) -> str | None:
+    """The run's Authorization header: one token for the whole run (requests are
+    prebuilt), obtained before it starts; warned about if it expires during it."""
+    import httpx
+
+    from sankofa.auth.client_auth import authorization_header, credentials_from
+
+    creds = credentials_from(args)
+    try:
+        header, ttl_s = authorization_header(args.url, creds)
+    except httpx.HTTPError as exc:
+        raise OSError(f"token request failed: {exc}") from None
+    total_s = args.duration + args.warmup
+    if ttl_s is not None and ttl_s < total_s:
+        print(
+            f"sankofa loadtest: the token lives {ttl_s:g} s, the run {total_s:g} s: requests"
+            " after its expiry will be 401",
+            file=sys.stderr,
+        )
+    return header
 
 
 def write_outputs(data: Any, out_dir: Path, stem: str, *, plots: bool) -> dict[str, Any]:

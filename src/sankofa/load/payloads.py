@@ -127,6 +127,7 @@ def request_payloads(
     target: Target,
     path: str,
     batch: int,
+    extra_headers: Sequence[tuple[str, str]] = (),
 ) -> list[bytes]:
     """Complete HTTP requests: ``batch`` transactions each (batch > 1: ``{"transactions": [...]}``)."""
     if batch < 1:
@@ -134,7 +135,8 @@ def request_payloads(
     if len(bodies) != len(priorities) * batch:
         raise ValueError("need exactly batch transactions per request")
     heads = [
-        (("Content-Type", "application/json"), ("X-Priority", name)) for name in PRIORITY_NAMES
+        (("Content-Type", "application/json"), ("X-Priority", name), *extra_headers)
+        for name in PRIORITY_NAMES
     ]
     out: list[bytes] = []
     for j, p in enumerate(priorities.tolist()):

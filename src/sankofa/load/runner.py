@@ -74,6 +74,8 @@ class RunSpec:
     sample: tuple[GroupSpec, ...] = ()
     sample_generator: bool = True
     use_uvloop: bool = True
+    #: The Authorization header value every request carries (a bearer token), or None.
+    authorization: str | None = None
 
     def __post_init__(self) -> None:
         if self.rate is not None and not (self.rate > 0 and math.isfinite(self.rate)):
@@ -180,6 +182,7 @@ def worker_specs(spec: RunSpec, plan: Plan | None, tx: TxColumns | None) -> list
             "run_id": spec.run_id,
             "utc_offset": spec.utc_offset,
             "use_uvloop": spec.use_uvloop,
+            "authorization": spec.authorization,
         }
         if plan is None:
             capacity = int(CLOSED_LOOP_MAX_RPS * spec.duration_s) + 1

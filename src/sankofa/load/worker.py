@@ -69,6 +69,7 @@ class WorkerSpec:
     duration_s: float = 0.0
     capacity: int = 0
     use_uvloop: bool = True
+    authorization: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,13 +138,21 @@ def worker_main(pipe: Pipe, spec: WorkerSpec) -> None:
 def build_payloads(spec: WorkerSpec) -> list[bytes]:
     """This worker's complete request bytes, in sending order."""
     target = Target.parse(spec.url)
+    extra = () if spec.authorization is None else (("Authorization", spec.authorization),)
     if spec.fixed_body is not None:
-        headers = (("Content-Type", "application/json"), ("X-Priority", "normal"))
+        headers = (("Content-Type", "application/json"), ("X-Priority", "normal"), *extra)
         return [build_request(target, spec.path, spec.fixed_body, headers)]
     if spec.tx is None:
         raise ValueError("an open-loop worker needs tx or fixed_body")
     bodies = transaction_bodies(spec.tx, run_id=spec.run_id, utc_offset=spec.utc_offset)
-    return request_payloads(bodies, spec.priority, target=target, path=spec.path, batch=spec.batch)
+    return request_payloads(
+        bodies,
+        spec.priority,
+        target=target,
+        path=spec.path,
+        batch=spec.batch,
+        extra_headers=extra,
+    )
 
 
 def _add_pipe_reader(

@@ -562,9 +562,12 @@ def print_report(rep: dict[str, Any]) -> None:
 
 
 def run_replay(args: argparse.Namespace) -> int:
+    from sankofa.auth.client_auth import BearerAuth, credentials_from
+
     try:
         mix = parse_mix(args.priority_mix)
         offset_s = parse_offset(args.offset)
+        creds = credentials_from(args)
     except ValueError as exc:
         print(f"sankofa replay: {exc}", file=sys.stderr)
         return 2
@@ -596,7 +599,12 @@ def run_replay(args: argparse.Namespace) -> int:
         limits = httpx.Limits(
             max_connections=args.concurrency + 2, max_keepalive_connections=args.concurrency + 2
         )
-        async with httpx.AsyncClient(base_url=replay.url, limits=limits, timeout=60.0) as client:
+        # A token from the flags or SANKOFA_CLIENT_*, renewed before it expires; none
+        # for a service in development mode.
+        auth = None if creds.empty else BearerAuth(replay.url, creds)
+        async with httpx.AsyncClient(
+            base_url=replay.url, limits=limits, timeout=60.0, auth=auth
+        ) as client:
             t0 = time.perf_counter()
             await replay.run(client)
             return time.perf_counter() - t0
@@ -617,5 +625,8 @@ def run_replay(args: argparse.Namespace) -> int:
         Path(args.report).write_bytes(orjson.dumps(rep, option=orjson.OPT_INDENT_2))
     # Refusals (4xx) are the data's problem and are listed in the report; a
     # server error or a request that never got an answer is the service's.
-    failed = any(int(k) >= 500 or int(k) < 0 for k in rep["errors_by_status"])
+    # So is a refused token (401/403): nothing was scored.
+    failed = any(
+        int(k) >= 500 or int(k) < 0 or int(k) in (401, 403) for k in rep["errors_by_status"]
+    )
     return 1 if failed else 0

@@ -53,6 +53,12 @@ COLUMNS: Final = (
     "shadow_risk_score",
     "shadow_decision",
     "shadow_model_version",
+    # PCI DSS (0005): the card's keyed HMAC token and last four digits; never the PAN.
+    "card_token",
+    "card_last4",
+    # The rules that matched (0003): active ones, then shadow ones; NULL for none.
+    "rule_hits",
+    "shadow_rule_hits",
 )
 #: dtype of a stored feature vector's elements.
 FEATURE_DTYPE: Final = np.dtype(">f8")
@@ -93,6 +99,8 @@ def record(
     shadow_risk_score: float | None = None,
     shadow_decision: str | None = None,
     shadow_model_version: str | None = None,
+    rule_hits: list[str] | None = None,
+    shadow_rule_hits: list[str] | None = None,
 ) -> Record:
     """One row, in ``COLUMNS`` order (the scorer builds the same tuple inline)."""
     return (
@@ -122,6 +130,10 @@ def record(
         shadow_risk_score,
         shadow_decision,
         shadow_model_version,
+        tx.card_token,
+        tx.card_last4,
+        rule_hits,
+        shadow_rule_hits,
     )
 
 
@@ -200,6 +212,28 @@ async def get_transaction(conn: asyncpg.Connection, transaction_id: str) -> dict
     if out["metadata"] is not None:
         out["metadata"] = orjson.loads(out["metadata"])
     out["features"] = decode_features(out["features"])
+    return out
+
+
+async def get_transactions(
+    conn: asyncpg.Connection, transaction_ids: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """``get_transaction`` for many ids in one query: the rows found, by id."""
+    rows = await conn.fetch(
+        """
+        SELECT t.*, l.fraud AS label_fraud, l.labelled_at
+        FROM transactions t LEFT JOIN labels l USING (transaction_id)
+        WHERE t.transaction_id = ANY($1::text[])
+        """,
+        list(transaction_ids),
+    )
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        row = dict(r)
+        if row["metadata"] is not None:
+            row["metadata"] = orjson.loads(row["metadata"])
+        row["features"] = decode_features(row["features"])
+        out[row["transaction_id"]] = row
     return out
 
 
