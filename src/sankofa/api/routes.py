@@ -309,7 +309,10 @@ _READY_SCHEMA: Final = {
     summary="Prometheus metrics",
     tags=["health"],
     response_class=Response,
-    responses={200: {"description": "Prometheus text exposition format", "content": _TEXT_PLAIN}},
+    responses={
+        200: {"description": "Prometheus text exposition format", "content": _TEXT_PLAIN},
+        **schemas.problem_responses(431),
+    },
 )
 async def metrics(request: Request) -> Response:
     body, content_type = _services(request).metrics.render()
@@ -334,7 +337,8 @@ async def metrics(request: Request) -> Response:
                     }
                 }
             },
-        }
+        },
+        **schemas.problem_responses(431),
     },
 )
 @router.head("/health/live", include_in_schema=False, dependencies=[public()])
@@ -355,6 +359,7 @@ async def live() -> Response:
             "headers": {"Retry-After": {"schema": {"type": "integer"}}},
             "content": {"application/json": {"schema": _READY_SCHEMA}},
         },
+        **schemas.problem_responses(431),
     },
 )
 @router.head("/health/ready", include_in_schema=False, dependencies=[public()])
