@@ -215,8 +215,8 @@ async def test_the_service_decides_the_same_on_a_cluster_as_on_one_redis(
 
 # -- kill -9 a master under load ------------------------------------------------
 
-RATE_PER_S = 80
-DURATION_S = 24.0
+RATE_PER_S = 60
+DURATION_S = 22.0
 KILL_AT_S = 4.0
 
 
@@ -248,13 +248,21 @@ async def _load(url: str, payloads: list[dict[str, Any]], on_tick: Any) -> list[
             results.append(
                 {
                     "t": sent - wall0,
+                    "done": time.time() - wall0,
                     "status": r.status_code,
                     "degraded": "FEATURES_DEGRADED" in body.get("reasons", []),
                     "id": p["transaction_id"],
                 }
             )
         except httpx.HTTPError as exc:
-            results.append({"t": sent - wall0, "status": type(exc).__name__, "degraded": False})
+            results.append(
+                {
+                    "t": sent - wall0,
+                    "done": time.time() - wall0,
+                    "status": type(exc).__name__,
+                    "degraded": False,
+                }
+            )
 
     limits = httpx.Limits(max_connections=64)
     async with (
@@ -273,6 +281,7 @@ async def _load(url: str, payloads: list[dict[str, Any]], on_tick: Any) -> list[
     return results
 
 
+@pytest.mark.timeout(360)  # a busy machine slows the load generator down
 async def test_kill_9_a_master_under_load_the_service_recovers_by_itself(
     settings: Settings, tmp_path: Path, database_url: str, redis_url: str
 ) -> None:
@@ -307,8 +316,8 @@ async def test_kill_9_a_master_under_load_the_service_recovers_by_itself(
                     rc.process_of(int(victim["port"])).kill()
 
             def promoted() -> bool:
-                row = next(r for r in rc.node_table() if r["id"] == replica["id"])
-                return "master" in row["flags"] and bool(row["slots"])
+                row = next((r for r in rc.node_table() if r["id"] == replica["id"]), None)
+                return row is not None and "master" in row["flags"] and bool(row["slots"])
 
             def watch() -> None:
                 while "kill" not in timeline:
@@ -372,7 +381,11 @@ async def test_kill_9_a_master_under_load_the_service_recovers_by_itself(
     ok = [r for r in results if r["status"] == 200]
     failed = [r for r in results if r["status"] != 200]
     # (Decisions are flagged at start too, while the guard's first rebuild runs.)
-    degraded = [r["t"] for r in ok if r["degraded"] and r["t"] >= kill]
+    # By the time each answer came (the generator falls behind on a busy machine).
+    degraded = [r["done"] for r in ok if r["degraded"] and r["t"] >= kill]
+    full_again = [
+        r["done"] for r in ok if not r["degraded"] and degraded and r["done"] > max(degraded)
+    ]
     report = {
         "requests": len(results),
         "rate_per_s": RATE_PER_S,
@@ -384,8 +397,12 @@ async def test_kill_9_a_master_under_load_the_service_recovers_by_itself(
         "kill_to_replica_promoted_s": round(timeline["promoted"] - timeline["kill"], 2)
         if "promoted" in timeline
         else None,
-        "kill_to_first_degraded_s": round(min(degraded) - kill, 3) if degraded else None,
-        "kill_to_last_degraded_s": round(max(degraded) - kill, 2) if degraded else None,
+        "kill_to_first_degraded_answer_s": round(min(degraded) - kill, 3) if degraded else None,
+        "kill_to_last_degraded_answer_s": round(max(degraded) - kill, 2) if degraded else None,
+        "kill_to_next_full_answer_s": round(min(full_again) - kill, 2) if full_again else None,
+        "requests_sent_in_the_first_15_s_after_kill": sum(
+            1 for r in results if kill <= r["t"] < kill + 15
+        ),
         "kill_to_load_end_s": round(timeline["load_end"] - timeline["kill"], 2),
         "kill_to_ready_complete_s": round(timeline["complete"] - timeline["kill"], 2),
         "stored_transactions": stored,

@@ -11,7 +11,9 @@ sends each node its calls in one write and reads them in one go, all nodes at
 once: a batch costs one round trip per master it touches and one script call
 per group, whatever its size. The replies are joined back into the reply
 features.lua gives, so the windows are computed by the very same code: the
-features are those of a single Redis, to the bit (tests/cluster/test_redis_cluster_service.py).
+features are those of a single Redis, to the bit (tests/cluster/: the feature
+store in test_redis_cluster_features.py, the service in
+test_redis_cluster_service.py).
 
 Each group's tag hashes to a slot in the middle of the group's even share of
 the 16384 slots, where ``redis-cli --cluster create`` puts one master per share:
