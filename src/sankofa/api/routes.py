@@ -51,13 +51,13 @@ def _services(request: Request) -> Services:
 
 @router.post(
     "/v1/transactions",
-    dependencies=[requires(SCORER)],
     summary="Score one transaction",
     response_model=schemas.DecisionOut,
     responses=schemas.PROBLEM_RESPONSES,
     openapi_extra=schemas.body_ref("TransactionIn", headers=True),
     tags=["scoring"],
 )
+@requires(SCORER)
 async def score_one(request: Request) -> Response:
     s = _services(request)
     headers = scan_headers(request.scope)
@@ -74,13 +74,13 @@ async def score_one(request: Request) -> Response:
 
 @router.post(
     "/v1/transactions/batch",
-    dependencies=[requires(SCORER)],
     summary="Score up to 1000 transactions; results in the same order",
     response_model=schemas.BatchDecisionOut,
     responses=schemas.PROBLEM_RESPONSES,
     openapi_extra=schemas.body_ref("TransactionBatchIn", headers=True),
     tags=["scoring"],
 )
+@requires(SCORER)
 async def score_batch(request: Request) -> Response:
     s = _services(request)
     headers = scan_headers(request.scope)
@@ -108,13 +108,13 @@ async def score_batch(request: Request) -> Response:
 
 @router.post(
     "/v1/labels",
-    dependencies=[requires(SCORER, ANALYST)],
     summary="Record labels (fraud or not) learnt after the fact",
     response_model=schemas.LabelsOut,
     responses=schemas.PROBLEM_RESPONSES,
     openapi_extra=schemas.body_ref("LabelsIn"),
     tags=["labels"],
 )
+@requires(SCORER, ANALYST)
 async def post_labels(request: Request) -> Response:
     s = _services(request)
     body = await read_json(
@@ -151,11 +151,11 @@ async def post_labels(request: Request) -> Response:
 
 @router.get(
     "/v1/transactions/{transaction_id}",
-    dependencies=[requires(ANALYST)],
     summary="The stored transaction and its decision",
     responses=schemas.PROBLEM_RESPONSES,
     tags=["reads"],
 )
+@requires(ANALYST)
 async def get_transaction(request: Request, transaction_id: str) -> Response:
     s = _services(request)
     if not _TXID.fullmatch(transaction_id):
@@ -234,12 +234,12 @@ _READY_SCHEMA: Final = {
 
 @router.get(
     "/metrics",
-    dependencies=[public()],
     summary="Prometheus metrics",
     tags=["health"],
     response_class=Response,
     responses={200: {"description": "Prometheus text exposition format", "content": _TEXT_PLAIN}},
 )
+@public()
 async def metrics(request: Request) -> Response:
     body, content_type = _services(request).metrics.render()
     return Response(content=body, media_type=content_type)
@@ -247,7 +247,6 @@ async def metrics(request: Request) -> Response:
 
 @router.get(
     "/health/live",
-    dependencies=[public()],
     summary="The process is up",
     tags=["health"],
     response_class=Response,
@@ -266,14 +265,14 @@ async def metrics(request: Request) -> Response:
         }
     },
 )
-@router.head("/health/live", include_in_schema=False, dependencies=[public()])
+@router.head("/health/live", include_in_schema=False)
+@public()
 async def live() -> Response:
     return _json({"status": "ok"})
 
 
 @router.get(
     "/health/ready",
-    dependencies=[public()],
     summary="Ready to score: database, Redis, dispatcher (and the read replica, reported)",
     tags=["health"],
     response_class=Response,
@@ -286,7 +285,8 @@ async def live() -> Response:
         },
     },
 )
-@router.head("/health/ready", include_in_schema=False, dependencies=[public()])
+@router.head("/health/ready", include_in_schema=False)
+@public()
 async def ready(request: Request) -> Response:
     s = _services(request)
     checks: dict[str, bool] = {}
