@@ -6,7 +6,7 @@
 #   make lint   ruff + mypy
 #   make token  an access token in one step: make token ROLE="scorer analyst" [TTL=900]
 #               (signed with SANKOFA_JWT_SECRET; docs/security.md)
-#   make cluster  nginx, 4 instances, PostgreSQL primary + replica and Redis as native
+#   make cluster  nginx, 4 instances, PostgreSQL primary + replica and a Redis Cluster as native
 #               processes on loopback (deploy/local/sankofa_cluster.py), until Ctrl-C
 
 PYTHON ?= python3

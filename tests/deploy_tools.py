@@ -22,10 +22,10 @@ DEPLOY = ROOT / "deploy"
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "sankofa.json"
 
-#: Settings the deployment files already pass but the service does not read
-#: yet: issue 7 part 2 (Redis Cluster) adds it. Remove a name once
+#: Settings the deployment files may pass before the service reads them (none
+#: now: SANKOFA_REDIS_CLUSTER landed). Remove a name once
 #: src/sankofa/settings.py has it.
-PENDING_SETTINGS = frozenset({"SANKOFA_REDIS_CLUSTER"})
+PENDING_SETTINGS: frozenset[str] = frozenset()
 
 #: Debian installs some of these outside a non-root PATH, or under another name
 #: (Alertmanager is /usr/bin/prometheus-alertmanager there).
@@ -199,3 +199,35 @@ def dashboard_queries(*, rate_interval: str = "1m") -> dict[str, str]:
             assert "$" not in expr, expr
             found[f"{panel['title']} / {target['refId']}"] = expr
     return found
+
+
+# -- nginx (deploy/nginx/nginx.conf) on loopback -------------------------------------
+
+
+def local_conf(
+    text: str,
+    *,
+    certs: Path,
+    work: Path,
+    upstreams: dict[str, int],
+    http_port: int,
+    https_port: int,
+) -> str:
+    """The shipped configuration, runnable here by anyone: loopback addresses for
+    the instances, free ports, the test's certificates, temporary files in ``work``."""
+    for name, port in upstreams.items():
+        text, n = re.subn(rf"\b{re.escape(name)}\b", f"127.0.0.1:{port}", text)
+        assert n, name
+    text = text.replace("/etc/nginx/certs", str(certs))
+    text = re.sub(r"^\s*listen \[::\]:.*\n", "", text, flags=re.MULTILINE)
+    text = text.replace("listen 80;", f"listen 127.0.0.1:{http_port};")
+    text = text.replace("listen 443 ssl", f"listen 127.0.0.1:{https_port} ssl")
+    temp = "".join(
+        f"    {kind}_temp_path {work / kind};\n"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    return text.replace("http {\n", "http {\n" + temp, 1)
+
+
+def nginx_command(nginx: str, work: Path, conf: Path, *extra: str) -> list[str]:
+    return [nginx, "-p", str(work), "-e", "stderr", "-c", str(conf), "-g", f"pid {work / 'nginx.pid'};", *extra]  # fmt: skip

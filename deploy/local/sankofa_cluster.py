@@ -1,23 +1,30 @@
 """The scaled-out topology from native processes on loopback, for tests and
 benchmarks: nginx (the shipped deploy/nginx/nginx.conf, TLS included), N
 ``sankofa serve`` instances (each its own process, on its own port),
-PostgreSQL primary plus a streaming replica made with pg_basebackup, and Redis.
+PostgreSQL primary plus a streaming replica made with pg_basebackup, and a
+Redis Cluster of three masters (shipped deploy/redis/redis-cluster.conf and
+redis-cluster-init.sh; ``--redis-replicas 1`` gives each master a replica,
+``--single-redis`` one plain Redis instead).
 Everything lives in one work directory and is stopped, in reverse order, when
 the cluster stops: nothing is left running.
 
     python deploy/local/sankofa_cluster.py up [--instances 4] [--critical-lanes]
-        [--workdir DIR] [--for SECONDS]        (make cluster)
+        [--redis-replicas N | --single-redis] [--workdir DIR] [--for SECONDS]
+                                               (make cluster)
 
 ``up`` prints the addresses and runs until Ctrl-C / SIGTERM (or --for seconds).
 Tests use ``LocalCluster`` as a context manager (tests/cluster/).
 
 The instances write to the primary and read from the replica
 (``SANKOFA_DATABASE_REPLICA_URL``; what the replica cannot answer, the
-primary does). What it does not do (deploy/README.md): the service has no
-Redis Cluster client yet, so the instances share one plain Redis.
+primary does), and keep their online features in the Redis Cluster
+(``SANKOFA_REDIS_CLUSTER=true``, as docker-compose.yml and deploy/k8s/ do).
+``LocalCluster`` itself defaults to one plain Redis, which starts faster for
+tests that are not about Redis.
 
-Needs: nginx, openssl, redis-server, PostgreSQL's server binaries (initdb,
-postgres, pg_basebackup: PATH or /usr/lib/postgresql/<version>/bin). PostgreSQL
+Needs: nginx, openssl, redis-server (7 or later for the cluster), PostgreSQL's
+server binaries (initdb, postgres, pg_basebackup: PATH or
+/usr/lib/postgresql/<version>/bin). PostgreSQL
 refuses to run as root: as root, its processes run as the ``postgres`` user.
 Only the standard library, so that it runs from any Python with sankofa
 installed.
@@ -456,8 +463,8 @@ class LocalCluster:
     critical_lanes: bool = False
     replica: bool = True
     python: str = sys.executable
-    #: Also a Redis Cluster of 3 masters with this many replicas each (None: no
-    #: cluster). The instances do not use it: the service has no cluster client yet.
+    #: A Redis Cluster of 3 masters with this many replicas each, which the
+    #: instances use (SANKOFA_REDIS_CLUSTER); None: one plain Redis instead.
     redis_cluster_replicas: int | None = None
     #: More SANKOFA_* settings for every instance.
     settings: dict[str, str] = field(default_factory=dict)
@@ -514,6 +521,9 @@ class LocalCluster:
 
     @property
     def redis_url(self) -> str:
+        if self.redis_cluster_replicas is not None:
+            assert self.redis_cluster is not None, "the Redis Cluster is not started"
+            return self.redis_cluster.url
         return f"redis://127.0.0.1:{self.redis_port}/0"
 
     # -- lifetime -----------------------------------------------------------------
@@ -538,12 +548,13 @@ class LocalCluster:
             # Each start is a new cluster (initdb, pg_basebackup): never reuse data.
             raise ClusterError(f"{self.workdir} is not empty: give a new or empty folder")
         self._start_postgres()
-        self._start_redis()
         if self.redis_cluster_replicas is not None:
             self.redis_cluster = RedisCluster(
                 self.workdir / "redis-cluster", masters=3, replicas=self.redis_cluster_replicas
             )
             self.redis_cluster.start()
+        else:
+            self._start_redis()
         self._migrate()
         self._start_instances()
         self._start_nginx()
@@ -728,6 +739,11 @@ class LocalCluster:
                 "SANKOFA_DATABASE_URL": self.database_url,
                 **({"SANKOFA_DATABASE_REPLICA_URL": self.replica_url} if self.replica else {}),
                 "SANKOFA_REDIS_URL": self.redis_url,
+                **(
+                    {"SANKOFA_REDIS_CLUSTER": "true"}
+                    if self.redis_cluster_replicas is not None
+                    else {}
+                ),
                 "SANKOFA_HMAC_KEY": self.hmac_key,
                 "SANKOFA_DATA_DIR": str(self.workdir / "data"),
                 "SANKOFA_LOG_LEVEL": "warning",
@@ -865,12 +881,12 @@ class LocalCluster:
               for i in self.instances),
             f"primary      {self.database_url}",
             *([f"replica      {self.replica_url}  (streaming, read-only)"] if self.replica else []),
-            f"redis        {self.redis_url}",
             *(
-                [f"redis cluster {self.redis_cluster.url} and {len(self.redis_cluster.nodes) - 1}"
-                 " more nodes (not used by the instances yet)"]
+                [f"redis        cluster: {self.redis_cluster.url} and"
+                 f" {len(self.redis_cluster.nodes) - 1} more nodes"
+                 f" ({self.redis_cluster.masters} masters)"]
                 if self.redis_cluster
-                else []
+                else [f"redis        {self.redis_url}"]
             ),
             f"logs         {self.workdir}",
         ]  # fmt: skip
@@ -899,10 +915,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--critical-lanes", action="store_true", help="each instance with --critical-port"
     )
     up.add_argument("--no-replica", action="store_true", help="primary only")
-    up.add_argument(
-        "--redis-cluster",
-        action="store_true",
-        help="also a Redis Cluster (3 masters, a replica each; the instances do not use it yet)",
+    redis = up.add_mutually_exclusive_group()
+    redis.add_argument(
+        "--redis-replicas",
+        type=int,
+        default=0,
+        help="replicas per master of the 3-master Redis Cluster (default 0)",
+    )
+    redis.add_argument(
+        "--single-redis", action="store_true", help="one plain Redis instead of a Redis Cluster"
     )
     up.add_argument(
         "--workdir",
@@ -923,7 +944,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             instances_count=args.instances,
             critical_lanes=args.critical_lanes,
             replica=not args.no_replica,
-            redis_cluster_replicas=1 if args.redis_cluster else None,
+            redis_cluster_replicas=None if args.single_redis else args.redis_replicas,
         )
         try:
             with cluster:

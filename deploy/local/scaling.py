@@ -6,7 +6,12 @@ generator. Writes one JSON with every run's summary and prints a markdown
 table (docs/scaling.md).
 
     python deploy/local/scaling.py [--instances 1,2,4] [--rates 200,400,800]
-        [--duration 10] [--out docs/results/scaling.json]
+        [--duration 10] [--redis single|cluster|single,cluster]
+        [--out docs/results/scaling.json]
+
+``--redis``: one plain Redis (the default, as the figures in docs/scaling.md
+were first measured), a 3-master Redis Cluster (SANKOFA_REDIS_CLUSTER), or
+both, one after the other.
 
 Plain HTTP to nginx (the load generator has no TLS; sankofa_cluster.py gives
 the TLS server a plain loopback port for it). Sampling by process name takes
@@ -113,15 +118,15 @@ def summary(n: int, report: dict[str, Any], machine_cpu: float) -> dict[str, Any
 def table(rows: list[dict[str, Any]]) -> str:
     cols = ("instances", "nginx", "postgres", "redis-server", "generator")
     lines = [
-        "| instances | offered req/s | achieved req/s | success | p50 ms | p99 ms | CPU %: "
+        "| redis | instances | offered req/s | achieved req/s | success | p50 ms | p99 ms | CPU %: "
         + " / ".join(cols)
         + " | machine CPU % |",
-        "|---:|---:|---:|---:|---:|---:|---|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for r in rows:
         cpu = " / ".join(f"{r['cpu_percent_mean'].get(c, 0):.0f}" for c in cols)
         lines.append(
-            f"| {r['instances']} | {r['offered_rps']:.0f} | {r['achieved_rps']:.0f} |"
+            f"| {r.get('redis', 'single')} | {r['instances']} | {r['offered_rps']:.0f} | {r['achieved_rps']:.0f} |"
             f" {100 * r['success_rate']:.2f} % | {r['latency_ms']['p50']:.1f} |"
             f" {r['latency_ms']['p99']:.1f} | {cpu} | {r['machine_cpu_percent']:.0f} |"
         )
@@ -134,13 +139,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rates", type=_ints, default=[200, 400, 800])
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--out", type=Path, default=Path("docs/results/scaling.json"))
+    p.add_argument(
+        "--redis",
+        type=lambda t: [x for x in t.split(",") if x],
+        default=["single"],
+        help="single, cluster or single,cluster",
+    )
     args = p.parse_args(argv)
+    if not set(args.redis) <= {"single", "cluster"}:
+        p.error("--redis takes single, cluster or both")
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="sankofa-scaling-") as tmp:
-        for n in args.instances:
-            with sankofa_cluster.LocalCluster(Path(tmp) / f"cluster-{n}", instances_count=n) as c:
+        for kind, n in [(k, n) for k in args.redis for n in args.instances]:
+            with sankofa_cluster.LocalCluster(
+                Path(tmp) / f"cluster-{kind}-{n}",
+                instances_count=n,
+                redis_cluster_replicas=0 if kind == "cluster" else None,
+            ) as c:
                 for rate in args.rates:
-                    label = f"n{n}-r{rate}"
+                    label = f"{kind}-n{n}-r{rate}"
                     before = psutil.cpu_times()
                     lsn = wal_lsn(c)
                     report = one_run(c, rate, args.duration, Path(tmp) / "reports", label)
@@ -151,7 +168,9 @@ def main(argv: list[str] | None = None) -> int:
                     busy -= getattr(after, "iowait", 0) - getattr(before, "iowait", 0)
                     wall = sum(after) - sum(before)
                     machine = 100.0 * psutil.cpu_count() * busy / wall if wall else 0.0
-                    runs.append({**summary(n, report, machine), **storage(c, lsn, ok)})
+                    runs.append(
+                        {"redis": kind, **summary(n, report, machine), **storage(c, lsn, ok)}
+                    )
                     print(f"{label} done", file=sys.stderr, flush=True)
                     time.sleep(1)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,8 @@
     sankofa features compare --raw FILE --published FILE
     sankofa features rebuild
     sankofa loadtest  run|ceiling ...
+    sankofa audit     verify [--decisions --anchor SEQ:HASH] | head
+    sankofa privacy   retention [--days N --dry-run]
     sankofa client    create --name N --role R... | delete ID_OR_NAME | list
     sankofa token     --role R... [--ttl S]
 
@@ -222,6 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_loadtest_parser(sub)
 
+    from sankofa.privacy.cli import add_privacy_parser
+    from sankofa.store.audit import add_audit_parser
+
+    add_audit_parser(sub)
+    add_privacy_parser(sub)
     from sankofa.auth.cli import add_auth_parsers
 
     add_auth_parsers(sub)
@@ -292,6 +299,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sankofa.evaluation.tune import main_tune
 
         return main_tune(args)
+    if args.command == "audit":
+        from sankofa.store.audit import run_audit
+
+        return run_audit(args)
+    if args.command == "privacy":
+        from sankofa.privacy.cli import run_privacy
+
+        return run_privacy(args)
     if args.command == "shadow":
         from sankofa.store.shadow import run_shadow_report
 
@@ -308,11 +323,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from sankofa.embedded import EmbeddedUnavailableError, embedded_servers
     from sankofa.logs import configure_logging, uvicorn_log_config
     from sankofa.settings import Settings
+    from sankofa.tls import serve, uvicorn_tls_options
 
     settings = Settings(
         **{
@@ -362,6 +376,8 @@ def _serve(args: argparse.Namespace) -> int:
                         settings.log_level,
                         grace,
                         log_format=settings.log_format,
+                        tls_certfile=settings.tls_certfile,
+                        tls_keyfile=settings.tls_keyfile,
                     )
                     niceness = settings.bulk_niceness
                 config = WorkerConfig(
@@ -371,6 +387,8 @@ def _serve(args: argparse.Namespace) -> int:
                     grace,
                     niceness,
                     log_format=settings.log_format,
+                    tls_certfile=settings.tls_certfile,
+                    tls_keyfile=settings.tls_keyfile,
                 )
                 return Supervisor(config, settings.workers, lane).run()
             # uvicorn shuts down gracefully on SIGTERM / SIGINT, then raises the
@@ -378,7 +396,7 @@ def _serve(args: argparse.Namespace) -> int:
             # SystemExit here lets the embedded servers stop cleanly.
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, _exit_on_signal)
-            uvicorn.run(
+            return serve(
                 "sankofa.api.asgi:make_app",
                 factory=True,
                 host=settings.host,
@@ -387,11 +405,11 @@ def _serve(args: argparse.Namespace) -> int:
                 access_log=False,
                 timeout_graceful_shutdown=grace,
                 **uvicorn_log_config(settings.log_format),
+                **uvicorn_tls_options(settings.tls_certfile, settings.tls_keyfile),
             )
     except EmbeddedUnavailableError as exc:
         print(f"sankofa serve: {exc}", file=sys.stderr)
         return 2
-    return 0
 
 
 def _exit_on_signal(signum: int, frame: object) -> None:

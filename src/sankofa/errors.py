@@ -9,8 +9,11 @@
     |   +-- RequestTimeoutError       408 the body did not arrive in time
     |   +-- HeadersTooLargeError      431
     |   +-- UnsupportedMediaTypeError 415
+    |   |   +-- UnsupportedContentEncodingError  415 not gzip or identity
     |   +-- InvalidFieldError         422 one or more fields break a rule
+    |   |   +-- RuleExpressionError   422 a rule's expression: where and why
     |   +-- ConflictError             409 same transaction id, other content
+    |   +-- RuleConflictError         409 a rule id taken, or changed meanwhile
     |   +-- UnstorableValueError      422 passed validation, refused by the database
     |   +-- NotFoundError             404
     |   +-- AuthError                 the caller is not let in
@@ -34,6 +37,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from sankofa.privacy.cards import mask_pans
 
 
 class SankofaError(Exception):
@@ -84,6 +89,11 @@ class UnsupportedMediaTypeError(RequestError):
     title = "Unsupported media type"
 
 
+class UnsupportedContentEncodingError(UnsupportedMediaTypeError):
+    type_slug = "unsupported-content-encoding"
+    title = "Unsupported content encoding"
+
+
 @dataclass(frozen=True, slots=True)
 class FieldIssue:
     """One broken rule: where (a JSON-pointer-like path) and why."""
@@ -97,6 +107,8 @@ class FieldIssue:
 
 
 def _printable(text: str) -> str:
+    # A client's field name (an unknown key) is quoted back: never a card number.
+    text = mask_pans(text)
     if text.isprintable():
         return text
     return text.encode("unicode_escape").decode("ascii")
@@ -113,7 +125,22 @@ class InvalidFieldError(RequestError):
         self.issues = list(issues)
         first = self.issues[0]
         more = f" (and {len(self.issues) - 1} more)" if len(self.issues) > 1 else ""
-        super().__init__(f"{first.field}: {first.message}{more}")
+        super().__init__(f"{mask_pans(first.field)}: {first.message}{more}")
+
+
+class RuleExpressionError(InvalidFieldError):
+    """A rule's expression does not parse, names an unknown field or mixes types;
+    ``position`` (0-based offset into the text) and ``name`` point at the problem."""
+
+    def __init__(self, field: str, message: str, *, position: int, name: str | None) -> None:
+        super().__init__([FieldIssue(field, f"{message} (at position {position})")])
+        self.problem_extra: dict[str, object] = {
+            "expression_error": {
+                "message": message,
+                "position": position,
+                **({"name": name} if name is not None else {}),
+            }
+        }
 
 
 class ConflictError(RequestError):
@@ -124,6 +151,12 @@ class ConflictError(RequestError):
     def __init__(self, detail: str, *, indexes: Sequence[int] = ()) -> None:
         super().__init__(detail)
         self.indexes = list(indexes)
+
+
+class RuleConflictError(RequestError):
+    status = 409
+    type_slug = "rule-conflict"
+    title = "Rule conflict"
 
 
 class UnstorableValueError(RequestError):

@@ -27,6 +27,7 @@ from prometheus_client import (
     multiprocess,
 )
 
+from sankofa.engine import constants as C
 from sankofa.queues.priority import PRIORITY_NAMES
 
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
@@ -153,7 +154,9 @@ class Metrics:
         )
         self.batches = Counter("sankofa_batches", "Batches run", registry=r)
         self.redis_round_trips = Counter(
-            "sankofa_redis_round_trips", "Feature-store round trips (one per batch)", registry=r
+            "sankofa_redis_round_trips",
+            "Feature-store round trips (one per batch; per master on a Redis Cluster)",
+            registry=r,
         )
         self.db_transactions = Counter(
             "sankofa_db_transactions", "Database transactions (one per batch)", registry=r
@@ -218,7 +221,7 @@ class Metrics:
         self._shed = {p: self.shed.labels(p) for p in PRIORITY_NAMES}
         self._expired = {p: self.expired.labels(p) for p in PRIORITY_NAMES}
         self._depth = {p: self.queue_depth.labels(p) for p in PRIORITY_NAMES}
-        self._decision = {d: self.decisions.labels(d) for d in ("approve", "review", "decline")}
+        self._decision = {d: self.decisions.labels(d) for d in C.DECISIONS}
         # Bound up front: every series exists at 0, so rates and alerts see them.
         self._fallback = {
             r: self.replica_fallbacks.labels(r) for r in ("not_found", "error", "skipped")

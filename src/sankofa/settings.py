@@ -6,8 +6,10 @@ command line hand the values they need to the parts they build.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -15,6 +17,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 #: The development pseudonymisation key. Refused outside development so that a
 #: production deployment cannot silently hash identifiers with a public key.
 DEV_HMAC_KEY = "sankofa-development-key-not-for-production"
+#: The development card-token key (PCI DSS), refused outside development likewise.
+DEV_CARD_TOKEN_KEY = "sankofa-development-card-key-not-for-production"
 
 #: The development token signing secret (HS256). Refused whenever authentication
 #: is on or the environment is production: anyone can read it here.
@@ -37,6 +41,12 @@ class Settings(BaseSettings):
     #: there, writes to the primary. Unset: everything reads the primary.
     database_replica_url: str | None = None
     redis_url: str | None = None
+    #: ``redis_url`` names a node of a Redis Cluster (the client learns the others
+    #: from it). The feature keys are hash-tagged into ``redis_cluster_slot_groups``
+    #: groups: a batch costs one round trip per master and one script call per
+    #: group (engine.features_cluster). As many groups as masters, or a multiple.
+    redis_cluster: bool = False
+    redis_cluster_slot_groups: int = Field(default=3, ge=1, le=256)
     data_dir: Path = Path(".sankofa")
     redis_prefix: str = Field(default="sk", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
 
@@ -49,6 +59,11 @@ class Settings(BaseSettings):
     #: priority (bulk_niceness). None: no lane.
     critical_port: int | None = Field(default=None, ge=1, le=65535)
     bulk_niceness: int = Field(default=5, ge=0, le=19)
+    #: Serve HTTPS, TLS 1.3 only, with this certificate (PEM, the chain after the
+    #: leaf) and its private key (PEM, unencrypted), on every port (sankofa.tls).
+    #: Unset: plain HTTP, for a TLS-terminating proxy in front (deploy/nginx).
+    tls_certfile: Path | None = None
+    tls_keyfile: Path | None = None
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     #: The service's log lines on stderr (sankofa.logs): one JSON object per line
     #: for a log collector, or the old human-readable text. Only ``sankofa serve``
@@ -56,6 +71,13 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = "json"
 
     hmac_key: SecretStr = SecretStr(DEV_HMAC_KEY)
+    #: Key of the card tokens (HMAC-SHA256 of a PAN): its own key, so that the
+    #: identifiers' key never opens cards and may be rotated apart (PCI DSS 3.5).
+    card_token_key: SecretStr = SecretStr(DEV_CARD_TOKEN_KEY)
+    #: LGPD: personal data (customer, device, IP and card refs, metadata) is
+    #: removed from transactions received longer ago than this; the decision
+    #: records stay. At least 45 days: the online features reach 39 days back.
+    personal_data_retention_days: int = Field(default=365, ge=45, le=36_500)
     #: Mount /bench/bare and /bench/naive, the load tests' baselines (api.bench_routes).
     benchmark_endpoints: bool = False
 
@@ -130,6 +152,24 @@ class Settings(BaseSettings):
     #: How often each process checks Redis and the rebuild marker.
     feature_check_s: float = Field(default=0.5, gt=0)
 
+    # The layered cache (sankofa.cache): GET /v1/transactions/{id}, and what the
+    # engine reads per transaction (rules, lists, limits).
+    #: Its Redis (L2 and the invalidation channel); unset: ``redis_url``.
+    cache_redis_url: str | None = None
+    #: A cache call to Redis slower than this is a miss: PostgreSQL answers.
+    cache_timeout_s: float = Field(default=0.25, gt=0)
+    #: After a Redis failure the cache leaves Redis alone this long; invalidations
+    #: it could not send are retried as often.
+    cache_retry_s: float = Field(default=1.0, gt=0)
+    cache_l1_max_entries: int = Field(default=10_000, ge=1)
+    cache_l1_ttl_s: float = Field(default=60.0, ge=0)
+    cache_l2_ttl_s: float = Field(default=600.0, ge=0)
+
+    # Compression (api/compression.py).
+    #: Responses at least this large are gzipped for a client that accepts gzip.
+    gzip_min_bytes: int = Field(default=1024, ge=0)
+    gzip_level: int = Field(default=6, ge=1, le=9)
+
     # Model and decision policy.
     #: The champion's artefact (JSON, any supported format); unset: the shipped default.
     model_path: Path | None = None
@@ -186,6 +226,19 @@ class Settings(BaseSettings):
         if self.auth_required is None:
             return self.environment == "production"
         return self.auth_required
+    # Rules, lists and limits (sankofa.rules).
+    #: Each instance checks this often whether the rules changed elsewhere (a poll
+    #: of the latest revision); a change made through it is in force at once.
+    rules_refresh_s: float = Field(default=1.0, gt=0, le=3600)
+    #: The BACEN night-time PIX limit for individuals, in reais, and its night:
+    #: from night_start_hour (included) to night_end_hour (excluded), local time in
+    #: limits_timezone. A customer's own limit (PUT /v1/limits/customers/...) wins.
+    night_pix_limit: Decimal = Field(default=Decimal("1000.00"), gt=0, le=10**12, decimal_places=2)
+    night_start_hour: int = Field(default=20, ge=0, le=23)
+    night_end_hour: int = Field(default=6, ge=0, le=23)
+    limits_timezone: str = "America/Sao_Paulo"
+    #: The most stored transactions one backtest reads (the answer says if it stopped).
+    backtest_max_rows: int = Field(default=2_000_000, ge=1)
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:
@@ -193,6 +246,21 @@ class Settings(BaseSettings):
             raise ValueError("SANKOFA_HMAC_KEY must be set to a secret outside development")
         if len(self.hmac_key.get_secret_value()) < 16:
             raise ValueError("SANKOFA_HMAC_KEY must be at least 16 characters")
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError("SANKOFA_TLS_CERTFILE and SANKOFA_TLS_KEYFILE must be set together")
+        for name, path in (("CERTFILE", self.tls_certfile), ("KEYFILE", self.tls_keyfile)):
+            if path is not None and not path.is_file():
+                raise ValueError(f"SANKOFA_TLS_{name} is not a readable file: {path}")
+        card_key = self.card_token_key.get_secret_value()
+        if self.environment == "production" and (
+            card_key == DEV_CARD_TOKEN_KEY or card_key == self.hmac_key.get_secret_value()
+        ):
+            raise ValueError(
+                "SANKOFA_CARD_TOKEN_KEY must be set outside development, to a secret other"
+                " than SANKOFA_HMAC_KEY"
+            )
+        if len(card_key) < 16:
+            raise ValueError("SANKOFA_CARD_TOKEN_KEY must be at least 16 characters")
         if self.environment == "production" and self.auth_required is False:
             raise ValueError("SANKOFA_AUTH_REQUIRED cannot be false in production")
         if self.auth_enabled or self.environment == "production":
@@ -208,6 +276,17 @@ class Settings(BaseSettings):
                 )
         if self.jwt_ttl_s > self.jwt_max_ttl_s:
             raise ValueError("SANKOFA_JWT_TTL_S must not exceed SANKOFA_JWT_MAX_TTL_S")
+        try:
+            ZoneInfo(self.limits_timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"SANKOFA_LIMITS_TIMEZONE: unknown time zone {self.limits_timezone!r}"
+            ) from None
+        if self.redis_cluster and self.redis_url is None:
+            # The embedded Redis is a single server.
+            raise ValueError(
+                "SANKOFA_REDIS_CLUSTER needs SANKOFA_REDIS_URL (a node of the cluster)"
+            )
         if self.db_pool_min > self.db_pool_max:
             raise ValueError("SANKOFA_DB_POOL_MIN must not exceed SANKOFA_DB_POOL_MAX")
         if (

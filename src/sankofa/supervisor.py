@@ -20,9 +20,11 @@ import socket
 import time
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any
 
 from sankofa.logs import LogFormat, configure_logging, uvicorn_log_config
+from sankofa.tls import TLSConfig, uvicorn_tls_options
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,10 @@ class WorkerConfig:
     #: critical lane's worker whenever both have work.
     niceness: int = 0
     log_format: LogFormat = "json"
+    #: The certificate and key to serve HTTPS with (TLS 1.3 only; sankofa.tls),
+    #: or None for plain HTTP.
+    tls_certfile: Path | None = None
+    tls_keyfile: Path | None = None
 
 
 def reuseport_socket(host: str, port: int) -> socket.socket:
@@ -63,13 +69,14 @@ def _worker(config: WorkerConfig) -> None:
         os.nice(config.niceness)
     sock = reuseport_socket(config.host, config.port)
     server = uvicorn.Server(
-        uvicorn.Config(
+        TLSConfig(
             "sankofa.api.asgi:make_app",
             factory=True,
             log_level=config.log_level,
             access_log=False,
             timeout_graceful_shutdown=config.graceful_shutdown_s,
             **uvicorn_log_config(config.log_format),
+            **uvicorn_tls_options(config.tls_certfile, config.tls_keyfile),
         )
     )
     server.run(sockets=[sock])

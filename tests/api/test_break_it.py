@@ -317,7 +317,9 @@ async def test_busy_redis_is_unavailable_not_a_500(tmp_path: Path) -> None:
     """A script stuck past lua-time-limit makes Redis answer BUSY: that is a 503."""
     with private_redis(tmp_path, "--lua-time-limit", "50") as url:
         redis = Redis.from_url(url)
-        admin = Redis.from_url(url)
+        # The spinning script's own reply takes as long as the script: on a busy
+        # machine longer than redis-py's default read timeout (5 s since 8.0).
+        admin = Redis.from_url(url, socket_timeout=120)
         try:
             store = FeatureStore(redis=redis, prefix="busy", timeout_s=2.0, key_ttl_s=45 * 86_400)
             # About a second of pure Lua: past lua-time-limit, Redis answers BUSY.

@@ -236,3 +236,90 @@ async def test_offsets_are_honoured_for_night_and_weekend(
 async def test_bad_timestamps_never_500(client: httpx.AsyncClient, value: str) -> None:
     r = await client.post("/v1/transactions", json=tx(timestamp=value))
     assert r.status_code == 422
+
+
+@pytest.mark.parametrize(
+    "timestamp, stored_local",
+    [
+        ("2018-04-01T13:00:00Z", "2018-04-01T13:00:00+00:00"),
+        ("2018-04-02T03:00:00+14:00", "2018-04-02T03:00:00+14:00"),
+        ("2018-04-01T01:00:00-12:00", "2018-04-01T01:00:00-12:00"),
+    ],
+)
+async def test_offsets_z_and_14_hours_are_accepted_and_kept(
+    client: httpx.AsyncClient, db: asyncpg.Connection, timestamp: str, stored_local: str
+) -> None:
+    """C5: "Z" and "+14:00" are the same instant as any other spelling, stored once
+    in UTC and read back in the transaction's own offset."""
+    r = await client.post("/v1/transactions", json=tx(1, timestamp=timestamp))
+    assert r.status_code == 200, r.text
+    stored = await db.fetchval("SELECT event_time FROM transactions WHERE transaction_id='tx-1'")
+    assert stored.isoformat() == "2018-04-01T13:00:00+00:00"
+    read = await client.get("/v1/transactions/tx-1")
+    assert read.json()["transaction"]["timestamp"] == stored_local
+
+
+@pytest.mark.parametrize(
+    "value", ["2018-04-01T10:00:00", "", "2018-04-01T23:59:60Z", "2018-04-01T10:00:00+14:30"]
+)
+async def test_bad_timestamps_name_the_field_and_store_nothing(
+    client: httpx.AsyncClient, db: asyncpg.Connection, value: str
+) -> None:
+    """C5: naive and malformed are 422 naming ``timestamp``; nothing is stored."""
+    r = await client.post("/v1/transactions", json=tx(timestamp=value))
+    assert r.status_code == 422, r.text
+    assert [e["field"] for e in r.json()["errors"]] == ["timestamp"]
+    assert await db.fetchval("SELECT count(*) FROM transactions") == 0
+
+
+_INJECTED = [
+    b"X-Request-Id: abc\nSet-Cookie: x=1",
+    b"X-Request-Id: abc\rSet-Cookie: x=1",
+    b"X-Request-Id: abc\r\n Set-Cookie: x=1",  # obsolete line folding
+    b"X-Request-Id: ab\x00c",
+    b"X-Request-Id: ab\x01c",
+    b"X-Priority: critical\r\n Set-Cookie: x=1",
+    b"X-Priority: critical\rSet-Cookie: x=1",
+    b"X-Priority: critical\nSet-Cookie: x=1",
+    b"X-Priority: crit\tical",
+    # Valid HTTP, reaching the service: an id it does not echo, a priority it refuses.
+    b"X-Request-Id: ab c\r\nX-Priority: crit\tical",
+    b"X-Priority: critical\x7f",
+    b"Priority: u=0\x1b[31m",
+]
+
+
+def test_control_characters_in_headers_are_refused_never_reflected(
+    live_server: LiveServer, database_url: str
+) -> None:
+    """C17 over a real socket (an in-process client cannot even send CR or LF in a
+    header): each is refused, by the HTTP server (400) or the service (422), and
+    nothing the client sent in those headers comes back in a response header."""
+    body = orjson.dumps(tx(17))
+    for header in _INJECTED:
+        head = (
+            b"POST /v1/transactions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + header
+            + b"\r\nContent-Length: %d\r\n\r\n" % len(body)
+        )
+        resp = raw_http(live_server.port, head, body)
+        status_line, _, rest = resp.partition(b"\r\n")
+        assert status_line.split(b" ")[1] in (b"400", b"422"), (header, resp[:300])
+        response_head = rest.partition(b"\r\n\r\n")[0].lower()
+        assert b"set-cookie" not in response_head, (header, resp[:300])
+        for line in response_head.split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            if name == b"x-request-id":
+                # A fresh id, never what the client sent (or part of it).
+                assert value.strip() not in (b"abc", b"ab", b"c", b"ab c"), (header, line)
+        assert httpx.get(f"{live_server.url}/health/live").status_code == 200
+
+    async def stored() -> int:
+        conn = await asyncpg.connect(database_url)
+        try:
+            n: int = await conn.fetchval("SELECT count(*) FROM transactions")
+            return n
+        finally:
+            await conn.close()
+
+    assert asyncio.run(stored()) == 0

@@ -41,7 +41,12 @@ def settings(settings_factory: Any, pg_pair: PostgresPair) -> Settings:
     """conftest's ``client`` and ``services``, on the pair: writes to its primary,
     reads from its replica."""
     s: Settings = settings_factory(
-        database_url=pg_pair.primary_url, database_replica_url=pg_pair.replica_url
+        database_url=pg_pair.primary_url,
+        database_replica_url=pg_pair.replica_url,
+        # These tests change rows behind the service's back and watch which server
+        # answers: every GET must reach the loader, not the layered cache.
+        cache_l1_ttl_s=0,
+        cache_l2_ttl_s=0,
     )
     return s
 

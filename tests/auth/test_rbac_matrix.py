@@ -19,7 +19,7 @@ from auth.conftest import AuthApp, bearer, claims, role_token, sign
 from conftest import _with_state
 from sankofa.api import problems
 from sankofa.api.app import create_app
-from sankofa.auth.rbac import PUBLIC, public, requires, route_roles
+from sankofa.auth.rbac import PUBLIC, PUBLIC_FRAMEWORK_PATHS, public, requires, route_roles
 from sankofa.auth.roles import ROLES
 from sankofa.settings import Settings
 
@@ -34,6 +34,23 @@ EXPECTED: dict[tuple[str, str], frozenset[str]] = {
     ("DELETE", "/v1/clients/{client_id}"): frozenset({"admin"}),
     ("POST", "/bench/bare"): frozenset({"scorer"}),
     ("POST", "/bench/naive"): frozenset({"scorer"}),
+    ("POST", "/v1/privacy/erasure"): frozenset({"admin"}),
+    ("POST", "/v1/rules"): frozenset({"admin"}),
+    ("GET", "/v1/rules"): frozenset({"admin", "analyst"}),
+    ("GET", "/v1/rules/{rule_id}"): frozenset({"admin", "analyst"}),
+    ("GET", "/v1/rules/{rule_id}/versions"): frozenset({"admin", "analyst"}),
+    ("PUT", "/v1/rules/{rule_id}"): frozenset({"admin"}),
+    ("DELETE", "/v1/rules/{rule_id}"): frozenset({"admin"}),
+    ("POST", "/v1/rules/backtest"): frozenset({"admin", "analyst"}),
+    ("POST", "/v1/lists/{list_name}/{kinds}"): frozenset({"admin"}),
+    ("GET", "/v1/lists/{list_name}/{kinds}"): frozenset({"admin", "analyst"}),
+    ("GET", "/v1/lists/{list_name}/{kinds}/{value}"): frozenset({"admin", "analyst"}),
+    ("DELETE", "/v1/lists/{list_name}/{kinds}/{value}"): frozenset({"admin"}),
+    ("GET", "/v1/limits"): frozenset({"admin", "analyst"}),
+    ("GET", "/v1/limits/customers"): frozenset({"admin", "analyst"}),
+    ("PUT", "/v1/limits/customers/{customer_id}"): frozenset({"admin"}),
+    ("GET", "/v1/limits/customers/{customer_id}"): frozenset({"admin", "analyst"}),
+    ("DELETE", "/v1/limits/customers/{customer_id}"): frozenset({"admin"}),
     ("POST", "/v1/oauth/token"): PUBLIC,
     ("GET", "/health/live"): PUBLIC,
     ("HEAD", "/health/live"): PUBLIC,
@@ -60,6 +77,12 @@ def test_every_route_declares_its_roles() -> None:
 def test_the_declarations_are_the_intended_ones() -> None:
     for key, roles in EXPECTED.items():
         assert TABLE.get(key) == roles, key
+
+
+def test_every_route_is_in_the_intended_matrix() -> None:
+    # A new route must be added to EXPECTED on purpose, with its roles.
+    ours = {k for k in TABLE if k[0] != "*" and k[1] not in PUBLIC_FRAMEWORK_PATHS}
+    assert sorted(ours - set(EXPECTED)) == []
 
 
 def test_the_walk_sees_the_routes() -> None:

@@ -5,9 +5,9 @@ RedisCluster). A master is killed with SIGKILL: its replica takes its slots
 over, every key written (and replicated) before is still there, and the old
 master, started again, comes back as a replica.
 
-This is the cluster's half of the issue's "kill a Redis Cluster master": the
-service does not speak Redis Cluster yet (issue 7, part 2), so its half,
-recovering by itself, is not tested here. Times are measured, not asserted
+This is the cluster's half of the issue's "kill a Redis Cluster master"; the
+service's half, recovering by itself under load, is
+tests/cluster/test_redis_cluster_service.py. Times are measured, not asserted
 (docs/scaling.md); the waits are bounded. Set SANKOFA_REDIS_FAILOVER_REPORT=FILE
 to keep the figures as JSON. Skipped without redis-server 7."""
 

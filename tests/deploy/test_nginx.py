@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from conftest import free_port
-from deploy_tools import DEPLOY, require_tool, run, wait_for
+from deploy_tools import DEPLOY, local_conf, nginx_command, require_tool, run, wait_for
 
 CONF = DEPLOY / "nginx" / "nginx.conf"
 
@@ -51,35 +51,6 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     return d
-
-
-def local_conf(
-    text: str,
-    *,
-    certs: Path,
-    work: Path,
-    upstreams: dict[str, int],
-    http_port: int,
-    https_port: int,
-) -> str:
-    """The shipped configuration, runnable here by anyone: loopback addresses for
-    the instances, free ports, the test's certificates, temporary files in ``work``."""
-    for name, port in upstreams.items():
-        text, n = re.subn(rf"\b{re.escape(name)}\b", f"127.0.0.1:{port}", text)
-        assert n, name
-    text = text.replace("/etc/nginx/certs", str(certs))
-    text = re.sub(r"^\s*listen \[::\]:.*\n", "", text, flags=re.MULTILINE)
-    text = text.replace("listen 80;", f"listen 127.0.0.1:{http_port};")
-    text = text.replace("listen 443 ssl", f"listen 127.0.0.1:{https_port} ssl")
-    temp = "".join(
-        f"    {kind}_temp_path {work / kind};\n"
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    return text.replace("http {\n", "http {\n" + temp, 1)
-
-
-def nginx_command(nginx: str, work: Path, conf: Path, *extra: str) -> list[str]:
-    return [nginx, "-p", str(work), "-e", "stderr", "-c", str(conf), "-g", f"pid {work / 'nginx.pid'};", *extra]  # fmt: skip
 
 
 def test_nginx_accepts_the_configuration(nginx: str, certs: Path, tmp_path: Path) -> None:

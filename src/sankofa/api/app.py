@@ -1,7 +1,7 @@
 """The application factory and the lifespan that owns every resource.
 
 Start order: PostgreSQL pool (and migrations), the read replica's pool (when
-one is configured; store/reads.py), Redis client, feature store,
+one is configured; store/reads.py), Redis client, the layered cache, feature store,
 model (and the shadow model, when one is set), scoring engine, dispatcher. Shutdown runs in reverse: the dispatcher
 drains first (intake stops, queued work is served until the grace deadline,
 the rest is answered 503), then Redis and the pools close.
@@ -13,36 +13,45 @@ import asyncio
 import gc
 import inspect
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import asyncpg
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi_offline import FastAPIOffline
-from redis.asyncio import BlockingConnectionPool, Redis
 
 from sankofa import __version__
-from sankofa.api import bench_routes, problems, schemas
+from sankofa.api import bench_routes, problems, rules_routes, schemas
 from sankofa.api.auth_routes import router as auth_router
 from sankofa.api.body import BodyDeadlines
+from sankofa.api.compression import GzipResponses
 from sankofa.api.edge import EdgeMiddleware
 from sankofa.api.lifecycle import GracefulShutdown
-from sankofa.api.routes import router
+from sankofa.api.routes import TRANSACTIONS_CACHE, router, transaction_view_loader
 from sankofa.api.services import Services
 from sankofa.auth.rbac import document_security
 from sankofa.auth.service import open_auth
+from sankofa.cache import BytesCodec, LayeredCache, open_cache
 from sankofa.engine.decision import DecisionPolicy
 from sankofa.engine.feature_guard import FeatureGuard
-from sankofa.engine.features_online import FeatureStore
+from sankofa.engine.features_cluster import feature_store
+from sankofa.engine.features_cluster import redis_client as open_redis
+from sankofa.engine.features_online import RedisClient
 from sankofa.engine.scorer import ScoringEngine
 from sankofa.engine.serving import ScoringModel, load_model, load_model_file, policy_for
 from sankofa.engine.transaction import TransactionParser
 from sankofa.metrics import Metrics
+from sankofa.privacy.routes import router as privacy_router
 from sankofa.queues.dispatcher import ClassPolicy, Dispatcher
 from sankofa.queues.priority import Priority, parse_x_priority
 from sankofa.queues.shedding import LoadShedder
+from sankofa.rules import cached as cached_entities
+from sankofa.rules.book import EntitySource, RuleBook
+from sankofa.rules.verdict import LimitPolicy, RulesEngine
 from sankofa.settings import Settings
 from sankofa.store.db import create_pool, migrate
 from sankofa.store.reads import ReadPools
@@ -88,23 +97,23 @@ def shed_limits(settings: Settings) -> dict[Priority, int | None]:
     }
 
 
-def redis_client(settings: Settings) -> Redis:
+def redis_client(settings: Settings) -> RedisClient:
     if settings.redis_url is None:
         raise ValueError("SANKOFA_REDIS_URL is not set (the CLI starts an embedded Redis)")
-    pool = BlockingConnectionPool.from_url(
+    return open_redis(
         settings.redis_url,
+        cluster=settings.redis_cluster,
         max_connections=settings.redis_pool_max,
-        timeout=settings.redis_timeout_s,
-        socket_timeout=settings.redis_timeout_s,
-        socket_connect_timeout=settings.redis_timeout_s,
+        timeout_s=settings.redis_timeout_s,
     )
-    # from_pool: the client owns the pool, so aclose() closes its connections too.
-    return Redis.from_pool(pool)
 
 
 @asynccontextmanager
 async def open_services(
-    settings: Settings, *, model: ScoringModel | None = None
+    settings: Settings,
+    *,
+    model: ScoringModel | None = None,
+    wall_clock: Callable[[], float] = time.time,
 ) -> AsyncIterator[Services]:
     """Open everything the service needs, in order; close it all in reverse."""
     if settings.database_url is None:
@@ -136,11 +145,30 @@ async def open_services(
 
         redis = redis_client(settings)
         stack.push_async_callback(redis.aclose)
-        features = FeatureStore(
-            redis=redis,
+        cache = await stack.enter_async_context(
+            open_cache(
+                redis_url=settings.cache_redis_url or settings.redis_url,
+                prefix=settings.redis_prefix,
+                registry=metrics.registry,
+                timeout_s=settings.cache_timeout_s,
+                retry_s=settings.cache_retry_s,
+            )
+        )
+        # Stored decisions never change; their label does (invalidated on POST /v1/labels).
+        cache.register(
+            TRANSACTIONS_CACHE,
+            transaction_view_loader(reads),
+            codec=BytesCodec(),
+            l1_max_entries=settings.cache_l1_max_entries,
+            l1_ttl_s=settings.cache_l1_ttl_s,
+            l2_ttl_s=settings.cache_l2_ttl_s,
+        )
+        features = feature_store(
+            redis,
             prefix=settings.redis_prefix,
             timeout_s=settings.redis_timeout_s,
             key_ttl_s=settings.feature_key_ttl_s,
+            slot_groups=settings.redis_cluster_slot_groups,
         )
         served = model if model is not None else load_model(settings.model_path)
         policy: DecisionPolicy = policy_for(served, settings)
@@ -159,6 +187,7 @@ async def open_services(
         )
         await guard.start()
         stack.push_async_callback(guard.stop)
+        rules = await _open_rules(settings, pool, stack, wall_clock, cache)
         engine = ScoringEngine(
             pool=pool,
             features=features,
@@ -169,6 +198,7 @@ async def open_services(
             shadow=shadow,
             guard=guard,
             fail_closed=fail_closed_classes(settings),
+            rules=rules,
         )
         dispatcher = Dispatcher(
             handler=engine.handle,
@@ -214,6 +244,7 @@ async def open_services(
                 hmac_key=settings.hmac_key.get_secret_value().encode(),
                 max_metadata_bytes=settings.max_metadata_bytes,
                 max_clock_skew_s=settings.max_clock_skew_s,
+                card_key=settings.card_token_key.get_secret_value().encode(),
             ),
             engine=engine,
             dispatcher=dispatcher,
@@ -222,7 +253,40 @@ async def open_services(
             shedder=shedder,
             guard=guard,
             auth=auth,
+            rules=rules,
+            cache=cache,
         )
+
+
+async def _open_rules(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    stack: AsyncExitStack,
+    wall_clock: Callable[[], float],
+    cache: LayeredCache,
+) -> RulesEngine:
+    """The rules snapshot (loaded now, then kept fresh) and the lists' batched reads,
+    through the layered cache (``rules.cached``)."""
+    book = RuleBook(pool=pool, timeout_s=settings.db_timeout_s, refresh_s=settings.rules_refresh_s)
+    await book.start()
+    stack.push_async_callback(book.stop)
+    return RulesEngine(
+        book=book,
+        entities=cached_entities.register(
+            cache,
+            EntitySource(pool=pool, timeout_s=settings.db_timeout_s),
+            l1_max_entries=settings.cache_l1_max_entries,
+            l1_ttl_s=settings.cache_l1_ttl_s,
+            l2_ttl_s=settings.cache_l2_ttl_s,
+        ),
+        limits=LimitPolicy(
+            night_pix_limit_cents=int(settings.night_pix_limit.scaleb(2)),
+            night_start_hour=settings.night_start_hour,
+            night_end_hour=settings.night_end_hour,
+            timezone=ZoneInfo(settings.limits_timezone),
+        ),
+        wall_clock=wall_clock,
+    )
 
 
 async def _replica_pool(settings: Settings, stack: AsyncExitStack) -> asyncpg.Pool | None:
@@ -257,7 +321,7 @@ async def _sample_gauges(
     metrics: Metrics,
     dispatcher: Dispatcher[Any, Any],
     pool: asyncpg.Pool,
-    redis: Redis,
+    redis: RedisClient,
     guard: FeatureGuard,
 ) -> None:
     rebuilds = 0
@@ -271,7 +335,8 @@ async def _sample_gauges(
         size = pool.get_size()
         metrics.db_pool_size.set(size)
         metrics.db_pool_in_use.set(size - pool.get_idle_size())
-        in_use = getattr(redis.connection_pool, "_in_use_connections", None)
+        # One pool to one server; a cluster client has a pool per node (not sampled).
+        in_use = getattr(getattr(redis, "connection_pool", None), "_in_use_connections", None)
         if in_use is not None:
             metrics.redis_pool_in_use.set(len(in_use))
         await asyncio.sleep(GAUGE_INTERVAL_S)
@@ -314,15 +379,20 @@ def _services_of(scope: Any) -> Services | None:
 
 
 def create_app(
-    settings: Settings, *, model: ScoringModel | None = None, handle_signals: bool = False
+    settings: Settings,
+    *,
+    model: ScoringModel | None = None,
+    handle_signals: bool = False,
+    wall_clock: Callable[[], float] = time.time,
 ) -> FastAPI:
     """The application. ``handle_signals``: drain on SIGTERM / SIGINT before the
     server stops (``api.lifecycle``); for a served process, not for tests in process.
+    ``wall_clock``: what list expiry is judged by (tests move it).
     """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        async with open_services(settings, model=model) as services:
+        async with open_services(settings, model=model, wall_clock=wall_clock) as services:
             shutdown = GracefulShutdown(
                 dispatcher=services.dispatcher,
                 grace_s=settings.drain_grace_s,
@@ -348,10 +418,14 @@ def create_app(
         **_NO_FRAMEWORK_TELEMETRY,
     )
     app.include_router(router)
+    app.include_router(privacy_router)
     app.include_router(auth_router)
+    app.include_router(rules_routes.router)
     if settings.benchmark_endpoints:
         app.include_router(bench_routes.router)
     problems.install(app)
+    # Inside the edge: its timing and request id cover the compression too.
+    app.add_middleware(GzipResponses, min_bytes=settings.gzip_min_bytes, level=settings.gzip_level)
     app.add_middleware(EdgeMiddleware, services_of=_services_of)
 
     def openapi() -> dict[str, Any]:

@@ -195,7 +195,7 @@ async def issue_token(request: Request) -> Response:
         )
     if not client_store.ID_PATTERN.fullmatch(cid):
         # Not even the shape of an id (which is public): no scrypt spent on it.
-        await audit("token.refused", cid[:64], {"reason": "malformed client id"})
+        await audit(None, "token.refused", cid[:64], {"reason": "malformed client id"})
         raise TokenRequestError(
             "unknown client or wrong secret", error="invalid_client", status=401
         )
@@ -216,7 +216,7 @@ async def issue_token(request: Request) -> Response:
     stored = found[1] if found is not None else dummy_hash()
     ok = await asyncio.to_thread(verify_secret, secret, stored)
     if found is None or not ok:
-        await audit("token.refused", cid[:64], {"reason": "unknown client or wrong secret"})
+        await audit(None, "token.refused", cid[:64], {"reason": "unknown client or wrong secret"})
         raise TokenRequestError(
             "unknown client or wrong secret", error="invalid_client", status=401
         )
@@ -234,7 +234,13 @@ async def issue_token(request: Request) -> Response:
     token, ttl = s.auth.issuer.issue(
         subject=client.client_id, roles=roles, client_id=client.client_id
     )
-    await audit("token.issued", client.client_id, {"roles": sorted(roles), "ttl_s": ttl})
+    try:
+        async with asyncio.timeout(s.settings.db_timeout_s):
+            await audit(
+                s.pool, "token.issue", client.client_id, {"roles": sorted(roles), "ttl_s": ttl}
+            )
+    except DB_DOWN as exc:
+        raise StorageUnavailableError(f"storage unavailable: {type(exc).__name__}") from exc
     return Response(
         content=orjson.dumps(
             {
@@ -323,19 +329,21 @@ async def remove_client(request: Request, client_id: str) -> Response:
     s = _services(request)
     if not client_store.ID_PATTERN.fullmatch(client_id):
         raise InvalidFieldError([FieldIssue("client_id", "must be cl_ and 16 hex digits")])
+    principal = request.scope.get("sankofa.principal")
     try:
         async with asyncio.timeout(s.settings.db_timeout_s):
-            async with s.pool.acquire() as conn:
+            async with s.pool.acquire() as conn, conn.transaction():
                 gone = await client_store.delete_client(conn, client_id)
+                if gone is not None:
+                    await audit(
+                        conn,
+                        "client.delete",
+                        getattr(principal, "subject", None),
+                        {"client_id": client_id, "name": gone.name, "roles": sorted(gone.roles)},
+                    )
     except DB_DOWN as exc:
         raise StorageUnavailableError(f"storage unavailable: {type(exc).__name__}") from exc
     if gone is None:
         raise NotFoundError(f"no client {client_id}")
     s.auth.client_deleted(client_id)
-    principal = request.scope.get("sankofa.principal")
-    await audit(
-        "client.deleted",
-        client_id,
-        {"name": gone.name, "roles": sorted(gone.roles), "by": getattr(principal, "subject", None)},
-    )
     return Response(status_code=204)

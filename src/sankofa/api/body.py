@@ -1,6 +1,10 @@
 """Reading a JSON request body safely: media type, size limit, parse.
 
-* Content-Type must be ``application/json`` (or a ``+json`` type): 415 otherwise.
+* Content-Type must be ``application/json`` (or a ``+json`` type), and a
+  ``charset`` parameter, when given, ``utf-8``: 415 otherwise.
+* Content-Encoding ``gzip`` is inflated as it streams, within the same limit
+  (``api.compression``): a gzip bomb is a 413, corrupt gzip a 400, another
+  coding a 415.
 * A declared Content-Length over the limit is refused before reading (413); an
   undeclared or chunked body is counted while it streams and refused as soon as
   it passes the limit, so a 50 MB body is never held in memory.
@@ -23,6 +27,7 @@ from typing import Any
 import orjson
 from starlette.requests import ClientDisconnect, Request
 
+from sankofa.api.compression import GzipInflater, request_encoding
 from sankofa.errors import (
     BodyTooLargeError,
     MalformedBodyError,
@@ -32,20 +37,37 @@ from sankofa.errors import (
 )
 
 
-def _check_media_type(headers: dict[str, str]) -> None:
+def _check_media_type(headers: dict[str, str]) -> str | None:
+    """The body's Content-Encoding ("gzip" or None) once its media type is JSON."""
     ctype = headers.get("content-type")
     if ctype is None:
         raise UnsupportedMediaTypeError("Content-Type must be application/json")
-    media = ctype.split(";", 1)[0].strip().lower()
+    media, _, params = ctype.partition(";")
+    media = media.strip().lower()
     if media != "application/json" and not (
         media.startswith("application/") and media.endswith("+json")
     ):
         raise UnsupportedMediaTypeError(
             f"Content-Type must be application/json, not {media or 'empty'}"
         )
-    encoding = headers.get("content-encoding", "identity").strip().lower()
-    if encoding not in ("", "identity"):
-        raise UnsupportedMediaTypeError(f"Content-Encoding {encoding} is not accepted here")
+    if params:
+        _check_charset(params)
+    return request_encoding(headers.get("content-encoding"))
+
+
+def _check_charset(params: str) -> None:
+    """JSON is UTF-8 (RFC 8259 section 8.1). A body declared in another charset
+    would be read as UTF-8 all the same, and a latin-1 "S\xe3o Paulo" would be
+    stored as something else, or refused as malformed: 415 instead, naming it."""
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if name.strip().lower() != "charset":
+            continue
+        charset = value.strip().strip('"').lower()
+        if charset not in ("utf-8", "utf8"):
+            raise UnsupportedMediaTypeError(
+                f"JSON must be sent as UTF-8; charset {charset or 'empty'} is not accepted"
+            )
 
 
 class BodyDeadlines:
@@ -88,13 +110,15 @@ class BodyDeadlines:
                 self._expired.add(task)
                 task.cancel()
 
-    async def read(self, request: Request, headers: dict[str, str], max_bytes: int) -> bytes:
+    async def read(
+        self, request: Request, headers: dict[str, str], max_bytes: int, *, gzip: bool = False
+    ) -> bytes:
         task = asyncio.current_task()
         if task is None:  # not in a task: nothing to cancel, read without a deadline
-            return await _read_body(request, headers, max_bytes)
+            return await _read_body(request, headers, max_bytes, gzip)
         self._reading[task] = asyncio.get_running_loop().time() + self.timeout_s
         try:
-            return await _read_body(request, headers, max_bytes)
+            return await _read_body(request, headers, max_bytes, gzip)
         except asyncio.CancelledError:
             if task in self._expired:
                 self._expired.discard(task)
@@ -107,7 +131,9 @@ class BodyDeadlines:
             self._reading.pop(task, None)
 
 
-async def _read_body(request: Request, headers: dict[str, str], max_bytes: int) -> bytes:
+async def _read_body(
+    request: Request, headers: dict[str, str], max_bytes: int, gzip: bool
+) -> bytes:
     declared = headers.get("content-length")
     if declared is not None:
         try:
@@ -120,15 +146,20 @@ async def _read_body(request: Request, headers: dict[str, str], max_bytes: int) 
             )
     chunks: list[bytes] = []
     size = 0
+    # A gzipped body is limited twice: on the wire, and inflated, as it streams.
+    inflater = GzipInflater(max_bytes) if gzip else None
     try:
         async for chunk in request.stream():
             size += len(chunk)
             if size > max_bytes:
                 raise BodyTooLargeError(f"body exceeds the limit of {max_bytes} bytes")
-            chunks.append(chunk)
+            if inflater is not None:
+                inflater.feed(chunk)
+            else:
+                chunks.append(chunk)
     except ClientDisconnect:
         raise RequestError("client disconnected while sending the body") from None
-    return b"".join(chunks)
+    return inflater.finish() if inflater is not None else b"".join(chunks)
 
 
 def parse_json(body: bytes) -> Any:
@@ -206,5 +237,5 @@ async def read_json(
     request: Request, headers: dict[str, str], max_bytes: int, deadlines: BodyDeadlines
 ) -> Any:
     """``headers``: from ``api.headers.scan_headers`` (read once per request)."""
-    _check_media_type(headers)
-    return parse_json(await deadlines.read(request, headers, max_bytes))
+    gzip = _check_media_type(headers) == "gzip"
+    return parse_json(await deadlines.read(request, headers, max_bytes, gzip=gzip))

@@ -2,7 +2,7 @@
 500, metrics. One layer rather than three, because each ASGI layer wraps ``send`` in
 another closure and costs every request a few microseconds.
 
-* X-Request-Id: echoed when well formed (no CR/LF or control characters can reach
+* X-Request-Id: echoed when well formed and sent once (no CR/LF or control characters can reach
   a response header or a log line), otherwise generated; sent back on every
   response, this layer's own 431, 503 and 500 included, and set as the context's
   request id (sankofa.logs.REQUEST_ID) so that every log line written while the
@@ -32,6 +32,7 @@ from sankofa.api.services import Services
 from sankofa.errors import HeadersTooLargeError, OverloadedError
 from sankofa.logs import REQUEST_ID
 from sankofa.metrics import PRIORITY_SCOPE_KEY, route_of
+from sankofa.privacy.cards import mask_pans
 from sankofa.queues.priority import Priority, PriorityHeaderError, resolve_priority
 
 log = logging.getLogger(__name__)
@@ -69,12 +70,14 @@ class EdgeMiddleware:
         size = 0
         for name, value in scope["headers"]:
             size += len(name) + len(value)
+            # A repeated single-valued header (scan_headers refuses it on the
+            # routes that read it): no id is echoed, no class is shed on.
             if name == b"x-request-id":
-                given = value
+                given = value if given is None else b""
             elif name == b"x-priority":
-                x_priority = value
+                x_priority = value if x_priority is None else b""
             elif name == b"priority":
-                rfc_priority = value
+                rfc_priority = value if rfc_priority is None else rfc_priority + b", " + value
         rid = request_id(given)
         services = self._services_of(scope)
         status = 500
@@ -117,7 +120,11 @@ class EdgeMiddleware:
             try:
                 await self.app(scope, receive, edge_send)
             except Exception:
-                log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+                log.exception(
+                    "unhandled error on %s %s",
+                    scope.get("method"),
+                    mask_pans(str(scope.get("path"))),
+                )
                 if response_started:
                     raise  # nothing sensible can be sent any more
                 response = problem(

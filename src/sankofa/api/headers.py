@@ -25,26 +25,48 @@ _REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 _TIMEOUT_MS: Final = re.compile(r"^[0-9]{1,9}$")
 
 
-#: The headers the scoring routes read, taken from the scope in one pass.
-_WANTED: Final = frozenset(
-    {
-        b"content-type",
-        b"content-length",
-        b"content-encoding",
-        b"x-priority",
-        b"priority",
-        b"x-request-timeout-ms",
-    }
-)
+#: The headers the scoring routes read, taken from the scope in one pass, with
+#: the name an error message gives each.
+_WANTED: Final = {
+    b"content-type": "Content-Type",
+    b"content-length": "Content-Length",
+    b"content-encoding": "Content-Encoding",
+    b"x-priority": "X-Priority",
+    b"priority": "Priority",
+    b"x-request-timeout-ms": "X-Request-Timeout-Ms",
+    b"x-request-id": "X-Request-Id",
+}
+#: Of those, the list-valued fields (RFC 9110 section 5.3): several field lines
+#: mean one value, the lines joined with commas (RFC 9218's Priority is a
+#: structured dictionary, whose last ``u`` wins). Every other one is
+#: single-valued: a second line is refused (422) rather than one of the two
+#: picked, since a proxy in front may have acted on the other one (nginx routes
+#: on the first X-Priority line, for one).
+_LIST_VALUED: Final = frozenset({b"priority", b"content-encoding"})
 
 
 def scan_headers(scope: Scope) -> dict[str, str]:
-    """The headers the routes need, by lower-case name (ASGI names are lower-case);
-    a repeated header keeps its last value."""
+    """The headers the routes need, by lower-case name (ASGI names are lower-case).
+    A repeated single-valued header is a 422 naming it; list-valued ones are joined."""
     out: dict[str, str] = {}
+    repeated: list[bytes] = []
     for name, value in scope["headers"]:
         if name in _WANTED:
-            out[name.decode("latin-1")] = value.decode("latin-1")
+            key = name.decode("latin-1")
+            if key in out:
+                if name in _LIST_VALUED:
+                    out[key] = f"{out[key]}, {value.decode('latin-1')}"
+                    continue
+                if name not in repeated:
+                    repeated.append(name)
+            out[key] = value.decode("latin-1")
+    if repeated:
+        raise InvalidFieldError(
+            [
+                FieldIssue(f"header {_WANTED[n]}", "must be sent once; it was sent more than once")
+                for n in repeated
+            ]
+        )
     return out
 
 

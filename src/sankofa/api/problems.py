@@ -29,7 +29,9 @@ from sankofa.errors import (
     TokenRequestError,
     UnauthorizedError,
     UnavailableError,
+    UnsupportedContentEncodingError,
 )
+from sankofa.privacy.cards import mask_pans
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +69,8 @@ def problem(
         "detail": detail,
     }
     if instance:
-        body["instance"] = instance
+        # The request's own path, quoted back: never with a card number in it.
+        body["instance"] = mask_pans(instance)
     body.update(extra)
     return Response(
         content=orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
@@ -91,6 +94,7 @@ def from_error(exc: SankofaError, instance: str | None = None) -> Response:
         )
         if indexes:
             extra["indexes"] = indexes
+        extra.update(getattr(exc, "problem_extra", {}))
     elif isinstance(exc, ConflictError) and exc.indexes:
         extra["indexes"] = exc.indexes
     if isinstance(exc, (UnavailableError, DeadlineExceededError, RateLimitedError)):
@@ -107,6 +111,9 @@ def from_error(exc: SankofaError, instance: str | None = None) -> Response:
         headers = {"Cache-Control": "no-store", "Pragma": "no-cache"}
         if exc.status == 401:
             headers["WWW-Authenticate"] = 'Basic realm="sankofa"'
+    elif isinstance(exc, UnsupportedContentEncodingError):
+        # RFC 9110 15.5.16: say which coding would have been accepted.
+        headers = {"Accept-Encoding": "gzip"}
     if isinstance(exc, DrainingError):
         # Shutting down: the client should reconnect (to another instance).
         headers = {**(headers or {}), "Connection": "close"}
@@ -157,7 +164,7 @@ def install(app: FastAPI) -> None:
         )
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        log.exception("unhandled error on %s %s", request.method, mask_pans(request.url.path))
         return problem(
             500,
             "internal",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+from collections.abc import Sequence
 from typing import Any, Final
 
 import orjson
@@ -17,6 +18,7 @@ from sankofa.api.headers import priority_of, scan_headers, timeout_of
 from sankofa.api.services import Services
 from sankofa.auth.rbac import public, requires
 from sankofa.auth.roles import ANALYST, SCORER
+from sankofa.cache import Loader
 from sankofa.engine import constants as C
 from sankofa.engine.labels import parse_labels
 from sankofa.engine.scorer import DB_DOWN, ScoreRequest
@@ -29,7 +31,10 @@ from sankofa.errors import (
     StorageUnavailableError,
 )
 from sankofa.metrics import PRIORITY_SCOPE_KEY
+from sankofa.privacy.cards import looks_like_pan
+from sankofa.store import audit
 from sankofa.store import repository as repo
+from sankofa.store.reads import ReadPools
 
 _TXID: Final = re.compile(C.TRANSACTION_ID_PATTERN)
 
@@ -49,11 +54,21 @@ def _services(request: Request) -> Services:
     return services
 
 
+#: Where the authentication layer leaves who is calling (a client id), for the
+#: audit trail. Unset: the record names the database session's user.
+ACTOR_SCOPE_KEY: Final = "sankofa.actor"
+
+
+def actor_of(request: Request) -> str | None:
+    actor = request.scope.get(ACTOR_SCOPE_KEY)
+    return actor if isinstance(actor, str) else None
+
+
 @router.post(
     "/v1/transactions",
     summary="Score one transaction",
     response_model=schemas.DecisionOut,
-    responses=schemas.PROBLEM_RESPONSES,
+    responses=schemas.SCORING_RESPONSES,
     openapi_extra=schemas.body_ref("TransactionIn", headers=True),
     tags=["scoring"],
 )
@@ -76,7 +91,7 @@ async def score_one(request: Request) -> Response:
     "/v1/transactions/batch",
     summary="Score up to 1000 transactions; results in the same order",
     response_model=schemas.BatchDecisionOut,
-    responses=schemas.PROBLEM_RESPONSES,
+    responses=schemas.SCORING_RESPONSES,
     openapi_extra=schemas.body_ref("TransactionBatchIn", headers=True),
     tags=["scoring"],
 )
@@ -110,7 +125,7 @@ async def score_batch(request: Request) -> Response:
     "/v1/labels",
     summary="Record labels (fraud or not) learnt after the fact",
     response_model=schemas.LabelsOut,
-    responses=schemas.PROBLEM_RESPONSES,
+    responses=schemas.LABELS_RESPONSES,
     openapi_extra=schemas.body_ref("LabelsIn"),
     tags=["labels"],
 )
@@ -134,8 +149,23 @@ async def post_labels(request: Request) -> Response:
                             for i in unknown
                         ]
                     )
+                # Last in the transaction: it holds the audit head's lock until the commit.
+                await audit.record(
+                    conn,
+                    "labels",
+                    actor_of(request),
+                    {
+                        "count": len(labels),
+                        "applied": len(applied),
+                        "transaction_ids": [lb.transaction_id for lb in labels],
+                        "fraud": [lb.transaction_id for lb in labels if lb.fraud],
+                    },
+                )
     except DB_DOWN as exc:
         raise StorageUnavailableError(f"storage unavailable: {type(exc).__name__}") from exc
+    # Committed: every instance drops the old view (a Redis failure is retried by
+    # the cache, never an error here).
+    await s.cache.invalidate(TRANSACTIONS_CACHE, [lb.transaction_id for lb in labels])
     # Stored durably; now visible to terminal-risk features. If Redis cannot take
     # them, the labels are not lost: the guard rebuilds the histories from
     # PostgreSQL, labels included, once Redis answers.
@@ -152,7 +182,7 @@ async def post_labels(request: Request) -> Response:
 @router.get(
     "/v1/transactions/{transaction_id}",
     summary="The stored transaction and its decision",
-    responses=schemas.PROBLEM_RESPONSES,
+    responses=schemas.READ_RESPONSES,
     tags=["reads"],
 )
 @requires(ANALYST)
@@ -162,15 +192,49 @@ async def get_transaction(request: Request, transaction_id: str) -> Response:
         raise InvalidFieldError(
             [FieldIssue("transaction_id", "must be 1-64 characters of A-Z a-z 0-9 . _ : -")]
         )
+    if looks_like_pan(transaction_id):
+        # Never stored, so never found; refused rather than quoted back in a 404.
+        raise InvalidFieldError(
+            [FieldIssue("transaction_id", "looks like a card number (PAN); never stored")]
+        )
     try:
-        # The replica when configured; the primary if it lags (not found there)
-        # or fails, so a transaction just answered 200 is never a 404 here.
-        row = await s.reads.fetch(lambda conn: repo.get_transaction(conn, transaction_id))
+        # Through the layered cache (L1, Redis, then the loader below); a Redis
+        # failure is only a miss there, a database failure reaches us.
+        view: bytes | None = await s.cache.get(TRANSACTIONS_CACHE, transaction_id)
     except DB_DOWN as exc:
         raise StorageUnavailableError(f"storage unavailable: {type(exc).__name__}") from exc
-    if row is None:
+    if view is None:
         raise NotFoundError(f"no transaction {transaction_id}")
-    return _json(_transaction_view(row))
+    return Response(content=view, media_type="application/json")
+
+
+#: The cache namespace of GET /v1/transactions/{id}: the rendered view, by id.
+TRANSACTIONS_CACHE: Final = "transactions"
+
+
+def transaction_view_loader(reads: ReadPools) -> Loader[bytes]:
+    """The cache's L3 for stored transactions: their rendered views, read from the
+    replica when configured, and from the primary for ids the replica lacks (it
+    may lag) or when it fails, so a transaction just answered 200 is never a 404."""
+
+    async def load_many(ids: Sequence[str]) -> dict[str, bytes]:
+        found: dict[str, dict[str, Any]] = {}
+
+        async def query(conn: Any) -> dict[str, dict[str, Any]] | None:
+            found.update(await repo.get_transactions(conn, [i for i in ids if i not in found]))
+            return found if len(found) == len(ids) else None
+
+        await reads.fetch(query)
+        return {
+            tid: orjson.dumps(_transaction_view(row), option=orjson.OPT_SERIALIZE_NUMPY)
+            for tid, row in found.items()
+        }
+
+    return load_many
+
+
+def _iso(value: Any) -> str | None:
+    return None if value is None else str(value.isoformat())
 
 
 def _transaction_view(row: dict[str, Any]) -> dict[str, Any]:
@@ -190,7 +254,10 @@ def _transaction_view(row: dict[str, Any]) -> dict[str, Any]:
             "device_ref": row["device_ref"],
             "ip_ref": row["ip_ref"],
             "metadata": row["metadata"],
+            "card_token": row.get("card_token"),
+            "card_last4": row.get("card_last4"),
             "received_at": row["received_at"].isoformat(),
+            "personal_data_erased_at": _iso(row.get("personal_data_erased_at")),
         },
         "decision": {
             "decision": row["decision"],
@@ -205,6 +272,10 @@ def _transaction_view(row: dict[str, Any]) -> dict[str, Any]:
             "queue_ms": row["queue_ms"],
             "processing_ms": row["processing_ms"],
             "batch_size": row["batch_size"],
+            # The rules that matched, as id@version (sankofa.rules): active ones, the
+            # deciding one first when a rule decided, and shadow ones, never acted on.
+            "rule_hits": list(row.get("rule_hits") or ()),
+            "shadow_rule_hits": list(row.get("shadow_rule_hits") or ()),
             "decided_at": row["received_at"].isoformat(),
         },
         "label": None

@@ -7,7 +7,7 @@ and client generators. A test checks both agree on the field names.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress
 
@@ -15,8 +15,11 @@ from sankofa.engine import constants as C
 
 _RFC3339 = (
     r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?"
-    r"([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+    r"([Zz]|[+-]((0[0-9]|1[0-3]):[0-5][0-9]|14:00))$"
 )
+#: No leading or trailing whitespace (the rest: printable characters, checked by
+#: the service).
+_TRIMMED = r"^\S(.*\S)?$"
 _AmountText = Annotated[str, Field(pattern=r"^[0-9]{1,16}(\.[0-9]{1,2})?$")]
 _AmountNumber = Annotated[float, Field(gt=0, le=10**12)]
 
@@ -29,8 +32,8 @@ class TransactionIn(BaseModel):
     )
     timestamp: str = Field(
         pattern=_RFC3339,
-        description="RFC 3339 with an offset; naive times are refused, and so are times more"
-        " than an hour ahead of the server's clock. Event time.",
+        description="RFC 3339 with an offset between -14:00 and +14:00; naive times are"
+        " refused, and so are times more than an hour ahead of the server's clock. Event time.",
         examples=["2018-04-01T10:00:00-03:00"],
     )
     amount: _AmountText | _AmountNumber = Field(
@@ -42,19 +45,39 @@ class TransactionIn(BaseModel):
         default="BRL", pattern=r"^[A-Z]{3}$", description="ISO 4217 code, in capitals."
     )
     customer_id: str = Field(
+        pattern=_TRIMMED,
         min_length=1,
         max_length=C.MAX_IDENTIFIER_CHARS,
-        description="The payer; printable characters; stored pseudonymised (keyed HMAC).",
+        description="The payer; printable characters; stored pseudonymised (keyed HMAC)."
+        " A card number (PAN) here is refused.",
+    )
+    customer_id_type: Literal["cpf", "cnpj"] | None = Field(
+        default=None,
+        description="Declares customer_id a CPF or CNPJ: check digits verified (422"
+        " otherwise), punctuation removed before it is pseudonymised.",
+    )
+    card_number: str | None = Field(
+        default=None,
+        pattern=r"^[0-9](?:[ -]?[0-9]){12,18}$",
+        description="The card's PAN (13-19 digits passing Luhn; single spaces or dashes"
+        " between groups allowed). Never stored: only a keyed HMAC token and the last four"
+        " digits. A PAN in any other field is refused (422).",
+        examples=["4111 1111 1111 1111"],
     )
     terminal_id: str = Field(
+        pattern=_TRIMMED,
         min_length=1,
         max_length=C.MAX_IDENTIFIER_CHARS,
         description="Terminal, merchant or receiver (PIX key, account); printable characters.",
     )
     type: Literal["card", "pix", "ted", "boleto"] = "card"
     channel: str | None = Field(default=None, pattern=r"^[a-z0-9_]{1,32}$")
-    device_id: str | None = Field(default=None, min_length=1, max_length=C.MAX_IDENTIFIER_CHARS)
-    ip_address: IPvAnyAddress | None = Field(default=None, description="IPv4 or IPv6.")
+    device_id: str | None = Field(
+        default=None, pattern=_TRIMMED, min_length=1, max_length=C.MAX_IDENTIFIER_CHARS
+    )
+    ip_address: IPvAnyAddress | None = Field(
+        default=None, description="IPv4 or IPv6, without an IPv6 zone (fe80::1%eth0 is a 422)."
+    )
     metadata: dict[str, str | int | float | bool | None] | None = Field(
         default=None,
         max_length=C.MAX_METADATA_KEYS,
@@ -70,7 +93,7 @@ class TransactionBatchIn(BaseModel):
 
 class DecisionOut(BaseModel):
     transaction_id: str
-    decision: Literal["approve", "review", "decline"]
+    decision: Literal["approve", "review", "decline", "step_up"]
     risk_score: float = Field(ge=0, le=1, description="Calibrated probability of fraud.")
     risk_level: Literal["LOW", "MEDIUM", "HIGH", "CRITICAL"]
     reasons: list[str] = Field(description="Stable machine-readable codes, most important first.")
@@ -92,10 +115,15 @@ class BatchDecisionOut(BaseModel):
 class LabelIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    transaction_id: str
+    transaction_id: str = Field(
+        pattern=r"^[A-Za-z0-9._:-]{1,64}$", description="A stored transaction (422 otherwise)."
+    )
     fraud: bool
     labelled_at: str | None = Field(
-        default=None, pattern=_RFC3339, description="RFC 3339 with an offset; defaults to now."
+        default=None,
+        pattern=_RFC3339,
+        description="RFC 3339 with an offset, not before the transaction's timestamp;"
+        " defaults to now.",
     )
 
 
@@ -118,6 +146,8 @@ class Problem(BaseModel):
     instance: str | None = None
     errors: list[dict[str, str]] | None = None
     indexes: list[int] | None = None
+    #: A rule expression refused: where (0-based offset) and, for an unknown field, which.
+    expression_error: dict[str, Any] | None = None
 
 
 SCORING_HEADERS: list[dict[str, Any]] = [
@@ -181,25 +211,53 @@ def component_schemas() -> dict[str, Any]:
     return out
 
 
-PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {
-        "description": desc,
-        "content": {
-            "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
-        },
-    }
-    for code, desc in {
-        400: "Malformed JSON",
-        401: "No valid bearer token (with WWW-Authenticate)",
-        403: "The token lacks the role this endpoint requires",
-        404: "Not found",
-        409: "Transaction id already used with other content",
-        413: "Body too large",
-        415: "Wrong media type",
-        422: "Invalid field (which, and why)",
-        429: "The client is over its request rate (with Retry-After)",
-        431: "Authorization header too large",
-        503: "Overloaded or draining (with Retry-After)",
-        504: "Deadline passed before scoring",
-    }.items()
+_PROBLEM_DESCRIPTIONS: dict[int, str] = {
+    400: "Malformed JSON (or a body the client stopped sending)",
+    401: "No valid bearer token (with WWW-Authenticate)",
+    403: "The token lacks the role this endpoint requires",
+    404: "Not found",
+    408: "The body did not arrive in time (SANKOFA_BODY_TIMEOUT_S, 10 s by default)",
+    409: "Transaction id already used with other content",
+    413: "Body too large",
+    415: "Wrong media type, a charset other than UTF-8, or a Content-Encoding",
+    422: "Invalid field or header (which, and why)",
+    429: "The client is over its request rate (with Retry-After)",
+    431: "Request header fields too large (an oversized Authorization header too)",
+    503: "Overloaded, draining or storage unavailable (with Retry-After)",
+    504: "Deadline passed before scoring (with Retry-After)",
 }
+_RETRY_AFTER: dict[str, Any] = {
+    "Retry-After": {
+        "description": "Seconds to wait before trying again",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 1},
+    }
+}
+
+
+def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The problem answers a route can really give, for its OpenAPI description
+    (a test holds each route to its list)."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        entry: dict[str, Any] = {
+            "description": _PROBLEM_DESCRIPTIONS[code],
+            "content": {
+                "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+            },
+        }
+        if code in (429, 503, 504):
+            entry["headers"] = _RETRY_AFTER
+        out[code] = entry
+    return out
+
+
+#: What each route can answer besides its 200. Every request may get a 431 (the
+#: edge counts header bytes first); a body is read with a deadline (408), a size
+#: limit (413) and a media type (415); scoring waits in the dispatcher (503
+#: refused, 504 deadline) and may meet a stored id with other content (409);
+#: labels are stored in one transaction (503 when PostgreSQL does not answer)
+#: and name unknown transactions as invalid fields (422), never 404.
+SCORING_RESPONSES: Final = problem_responses(400, 408, 409, 413, 415, 422, 431, 503, 504)
+LABELS_RESPONSES: Final = problem_responses(400, 408, 413, 415, 422, 431, 503)
+READ_RESPONSES: Final = problem_responses(404, 422, 431, 503)

@@ -155,16 +155,22 @@ def run_client(args: argparse.Namespace) -> int:
 
         async def create(conn: Any) -> tuple[clients.Client, str] | str:
             try:
-                made = await clients.create_client(
-                    conn, name=args.name, roles=args.roles, rate_per_s=args.rate
-                )
+                async with conn.transaction():
+                    made = await clients.create_client(
+                        conn, name=args.name, roles=args.roles, rate_per_s=args.rate
+                    )
+                    await audit(
+                        conn,
+                        "client.create",
+                        "cli",
+                        {
+                            "client_id": made[0].client_id,
+                            "name": made[0].name,
+                            "roles": sorted(made[0].roles),
+                        },
+                    )
             except ValueError as exc:
                 return str(exc)
-            await audit(
-                "client.created",
-                made[0].client_id,
-                {"name": made[0].name, "roles": sorted(made[0].roles), "by": "cli"},
-            )
             return made
 
         code, result = _with_database("client create", create)
@@ -191,13 +197,19 @@ def run_client(args: argparse.Namespace) -> int:
     if args.client_command == "delete":
 
         async def delete(conn: Any) -> clients.Client | None:
-            gone = await clients.delete_client(conn, args.client)
-            if gone is not None:
-                await audit(
-                    "client.deleted",
-                    gone.client_id,
-                    {"name": gone.name, "roles": sorted(gone.roles), "by": "cli"},
-                )
+            async with conn.transaction():
+                gone = await clients.delete_client(conn, args.client)
+                if gone is not None:
+                    await audit(
+                        conn,
+                        "client.delete",
+                        "cli",
+                        {
+                            "client_id": gone.client_id,
+                            "name": gone.name,
+                            "roles": sorted(gone.roles),
+                        },
+                    )
             return gone
 
         code, gone = _with_database("client delete", delete)

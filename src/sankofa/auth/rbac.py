@@ -29,6 +29,7 @@ from typing import Any, Final
 
 from fastapi import FastAPI, Request, params
 
+from sankofa.api import schemas
 from sankofa.auth.roles import ROLES
 from sankofa.auth.service import PRINCIPAL_SCOPE_KEY
 from sankofa.errors import ForbiddenError, RateLimitedError
@@ -170,6 +171,10 @@ def document_security(app: FastAPI, doc: dict[str, Any]) -> None:
         if operation is None or roles is None or roles == PUBLIC:
             continue
         operation["security"] = [{"bearer": []}, {"oauth2": sorted(roles)}]
+        # What the dependency itself can answer: no or a bad token, a missing
+        # role, the client over its rate (schemas.problem_responses).
+        for code, entry in schemas.problem_responses(401, 403, 429).items():
+            operation.setdefault("responses", {}).setdefault(str(code), entry)
         operation.setdefault("description", "")
         operation["description"] = (
             operation["description"] + f"\n\nRoles: {', '.join(sorted(roles))}."

@@ -37,7 +37,9 @@ ISO_4217: Final = frozenset(
     """.split()
 )
 
-DECISIONS: Final = ("approve", "review", "decline")
+#: The model's thresholds give the first three (index = thresholds passed); a rule
+#: may also ask for a step-up: extra authentication of the payer (sankofa.rules).
+DECISIONS: Final = ("approve", "review", "decline", "step_up")
 RISK_LEVELS: Final = ("LOW", "MEDIUM", "HIGH", "CRITICAL")
 
 #: Reason code per model input, given when that input raised the score most.

@@ -32,9 +32,8 @@ from typing import Final
 
 import asyncpg
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis
 
-from sankofa.engine.features_online import REDIS_DOWN, FeatureStore
+from sankofa.engine.features_online import REDIS_DOWN, FeatureStore, RedisClient
 from sankofa.engine.rebuild import RebuildReport, marker_key, rebuild
 from sankofa.errors import FeatureStoreUnavailableError
 
@@ -53,7 +52,7 @@ class FeatureGuard:
     def __init__(
         self,
         *,
-        redis: Redis,
+        redis: RedisClient,
         store: FeatureStore,
         pool: asyncpg.Pool,
         prefix: str,
@@ -128,7 +127,12 @@ class FeatureGuard:
     async def check(self) -> None:
         try:
             async with asyncio.timeout(self._timeout_s):
-                stamp = await self._redis.get(marker_key(self._prefix))
+                stamp = await self._redis.get(self._store.marker_key)
+                # A cluster's other masters too: one that is down (failing over)
+                # would fail every batch that touches it.
+                reachable = await self._store.all_nodes_answer()
+            if not reachable:
+                raise redis_errors.ConnectionError("a Redis Cluster master does not answer")
         except (*REDIS_DOWN, redis_errors.RedisError):
             if self.available:
                 log.warning("Redis unavailable: scoring on degraded features")
@@ -151,7 +155,7 @@ class FeatureGuard:
 
     async def _rebuild(self) -> None:
         token = secrets.token_hex(8)
-        key = lock_key(self._prefix)
+        key = f"{self._store.marker_key}:lock"
         try:
             got = await self._redis.set(key, token, nx=True, ex=self._lock_ttl_s)
         except (*REDIS_DOWN, redis_errors.RedisError):

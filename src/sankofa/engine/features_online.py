@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from sankofa.engine import constants as C
 from sankofa.engine.feature_names import (
@@ -63,6 +64,9 @@ _FRAUD: Final = struct.pack("<d", 1.0)
 _NOT_FRAUD: Final = struct.pack("<d", 0.0)
 _BATCH_RECORD: Final = np.dtype([("t", "<f8"), ("cents", "<f8"), ("hash", "S8")])
 
+#: One Redis server, or a Redis Cluster (engine.features_cluster).
+RedisClient = Redis | RedisCluster
+
 #: Redis failures that mean "unavailable", as opposed to a bug in our call.
 REDIS_DOWN: Final = (
     redis_errors.ConnectionError,
@@ -71,6 +75,9 @@ REDIS_DOWN: Final = (
     redis_errors.ReadOnlyError,
     OSError,
     TimeoutError,
+    # A cluster client's own failures (no node reached, a slot not served):
+    # not RedisErrors.
+    redis_errors.RedisClusterException,
 )
 
 
@@ -421,7 +428,9 @@ def degraded_matrix(txs: Sequence[Transaction]) -> npt.NDArray[np.float64]:
 class FeatureStore:
     """Computes, corrects and rebuilds the online features kept in Redis."""
 
-    def __init__(self, *, redis: Redis, prefix: str, timeout_s: float, key_ttl_s: int) -> None:
+    def __init__(
+        self, *, redis: RedisClient, prefix: str, timeout_s: float, key_ttl_s: int
+    ) -> None:
         if not prefix:
             raise ValueError("prefix must not be empty")
         if not timeout_s > 0:
@@ -441,6 +450,8 @@ class FeatureStore:
         self._forget = redis.register_script(_script("forget.lua"))
         self._label = redis.register_script(_script("labels.lua"))
         self.round_trips = 0
+        #: Says the histories under this prefix and layout are complete (engine.rebuild).
+        self.marker_key = f"{prefix}:{C.REDIS_LAYOUT}:built"
 
     def customer_key(self, customer_ref: str) -> str:
         return f"{self._prefix}:{C.REDIS_LAYOUT}:{C.REDIS_CUSTOMER}:{customer_ref}"
@@ -502,6 +513,11 @@ class FeatureStore:
             args += [id_hash(txid), _FRAUD if fraud else _NOT_FRAUD]
         written: int = await self._run(self._label(keys=keys, args=args))
         return written
+
+    async def all_nodes_answer(self) -> bool:
+        """Whether every server holding histories answers, beyond the one a command just
+        reached: always, with a single server (a cluster asks each master)."""
+        return True
 
     async def ping(self) -> bool:
         try:

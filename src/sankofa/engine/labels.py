@@ -4,7 +4,10 @@
 to the batch limit, all or nothing: a bad item, a repeated id or an unknown
 transaction refuses the request (422 with the indexes) and stores nothing.
 ``labelled_at`` defaults to the time the label is received; of two labels for
-one transaction, the one with the later ``labelled_at`` is kept.
+one transaction, the one with the later ``labelled_at`` is kept. A label cannot
+be known before its transaction happened: a ``labelled_at`` earlier than the
+transaction's timestamp is refused (422); a defaulted one is never earlier
+than it (a transaction stamped a little ahead of the server's clock).
 """
 
 from __future__ import annotations
@@ -20,6 +23,14 @@ from sankofa.store.repository import LabelIn
 
 _TXID: Final = re.compile(C.TRANSACTION_ID_PATTERN)
 _FIELDS: Final = frozenset({"transaction_id", "fraud", "labelled_at"})
+
+
+def _missing(obj: dict[str, object], name: str) -> str | None:
+    if name not in obj:
+        return "is required"
+    if obj[name] is None:
+        return "is required, not null"
+    return None
 
 
 def parse_labels(
@@ -51,7 +62,9 @@ def parse_labels(
         if not (isinstance(txid, str) and _TXID.fullmatch(txid)):
             issues.append(
                 FieldIssue(
-                    f"{where}.transaction_id", "must be 1-64 characters of A-Z a-z 0-9 . _ : -"
+                    f"{where}.transaction_id",
+                    _missing(obj, "transaction_id")
+                    or "must be 1-64 characters of A-Z a-z 0-9 . _ : -",
                 )
             )
             continue
@@ -60,14 +73,17 @@ def parse_labels(
             issues.append(FieldIssue(f"{where}.transaction_id", f"repeats label {first}"))
         fraud = obj.get("fraud")
         if not isinstance(fraud, bool):
-            issues.append(FieldIssue(f"{where}.fraud", "must be true or false"))
+            issues.append(
+                FieldIssue(f"{where}.fraud", _missing(obj, "fraud") or "must be true or false")
+            )
             continue
-        labelled_at = now
-        if obj.get("labelled_at") is not None:
-            labelled_at, why = parse_timestamp(obj["labelled_at"], latest_s)
-            if why:
-                issues.append(FieldIssue(f"{where}.labelled_at", why))
-                continue
+        if obj.get("labelled_at") is None:
+            out.append(LabelIn(txid, fraud, now, labelled_at_given=False))
+            continue
+        labelled_at, refused = parse_timestamp(obj["labelled_at"], latest_s)
+        if refused:
+            issues.append(FieldIssue(f"{where}.labelled_at", refused))
+            continue
         out.append(LabelIn(txid, fraud, labelled_at))
     if issues:
         raise InvalidFieldError(issues)

@@ -27,13 +27,13 @@ from decimal import Decimal
 from typing import Any, Final
 
 import asyncpg
-from redis.asyncio import Redis
 
 from sankofa.engine import constants as C
 from sankofa.engine.features_online import (
     CUSTOMER_HORIZON_S,
     TERMINAL_HORIZON_S,
     FeatureStore,
+    RedisClient,
 )
 from sankofa.engine.transaction import Transaction
 
@@ -50,7 +50,8 @@ _COLUMNS: Final = (
 
 
 def marker_key(prefix: str) -> str:
-    """The key that says the histories under ``prefix`` are complete."""
+    """The key that says the histories under ``prefix`` are complete, on one Redis
+    server (a cluster's key names its slot groups too: ``FeatureStore.marker_key``)."""
     return f"{prefix}:{C.REDIS_LAYOUT}:built"
 
 
@@ -99,7 +100,7 @@ def transaction_of(row: asyncpg.Record) -> Transaction:
 async def rebuild(
     pool: asyncpg.Pool,
     store: FeatureStore,
-    redis: Redis,
+    redis: RedisClient,
     prefix: str,
     *,
     batch: int = 1000,
@@ -118,7 +119,7 @@ async def rebuild(
     async with pool.acquire() as conn:
         newest: datetime | None = await conn.fetchval("SELECT max(event_time) FROM transactions")
         if newest is None:
-            await redis.set(marker_key(prefix), f"{snapshot_after:.6f}")
+            await redis.set(store.marker_key, f"{snapshot_after:.6f}")
             return RebuildReport(None, 0, 0, 0, time.monotonic() - started)
         since = newest - timedelta(seconds=REACH_S)
         total: int = await conn.fetchval(
@@ -151,7 +152,7 @@ async def rebuild(
         applied += await store.apply_labels(
             [(r["terminal_id"], r["transaction_id"], r["t"], r["fraud"]) for r in chunk]
         )
-    await redis.set(marker_key(prefix), f"{snapshot_after:.6f}")
+    await redis.set(store.marker_key, f"{snapshot_after:.6f}")
     report = RebuildReport(since, done, len(labels), applied, time.monotonic() - started)
     log.info("online features rebuilt from PostgreSQL: %s", report.as_dict())
     return report
@@ -173,16 +174,22 @@ def run_rebuild(args: Any) -> int:
         print(f"\rrebuilding: {done:,} / {total:,} transactions", end="", file=sys.stderr)
 
     async def run(database_url: str, redis_url: str) -> RebuildReport:
-        redis = Redis.from_url(redis_url)
+        from sankofa.engine.features_cluster import feature_store, redis_client
+
+        timeout_s = max(settings.redis_timeout_s, 30.0)
+        redis = redis_client(
+            redis_url, cluster=settings.redis_cluster, max_connections=4, timeout_s=timeout_s
+        )
         pool = await create_pool(
             database_url, min_size=1, max_size=1, timeout_s=settings.db_timeout_s
         )
         try:
-            store = FeatureStore(
-                redis=redis,
+            store = feature_store(
+                redis,
                 prefix=settings.redis_prefix,
-                timeout_s=max(settings.redis_timeout_s, 30.0),
+                timeout_s=timeout_s,
                 key_ttl_s=settings.feature_key_ttl_s,
+                slot_groups=settings.redis_cluster_slot_groups,
             )
             return await rebuild(
                 pool, store, redis, settings.redis_prefix, batch=args.batch, progress=show

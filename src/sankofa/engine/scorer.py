@@ -54,6 +54,8 @@ from sankofa.errors import (
 from sankofa.metrics import Metrics
 from sankofa.queues.dispatcher import Job
 from sankofa.queues.priority import Priority
+from sankofa.rules.book import Entity
+from sankofa.rules.verdict import RulesEngine
 from sankofa.store import repository as repo
 from sankofa.store.db import discard_on_failure
 
@@ -116,6 +118,7 @@ class ScoringEngine:
         shadow: ScoringModel | None = None,
         guard: FeatureGuard | None = None,
         fail_closed: frozenset[Priority] = frozenset(),
+        rules: RulesEngine | None = None,
     ) -> None:
         if not db_timeout_s > 0:
             raise ValueError("db_timeout_s must be > 0")
@@ -130,6 +133,7 @@ class ScoringEngine:
         self._metrics = metrics
         self._guard = guard
         self._fail_closed = fail_closed
+        self._rules = rules
         self.db_transactions = 0
 
     @property
@@ -148,7 +152,7 @@ class ScoringEngine:
         started = self._now()
         results = await self._handle_isolating(jobs, started)
         if self._metrics is not None:
-            decided: dict[str, int] = {"approve": 0, "review": 0, "decline": 0}
+            decided: dict[str, int] = dict.fromkeys(C.DECISIONS, 0)
             for r in results:
                 if isinstance(r, list):
                     for d in r:
@@ -213,16 +217,22 @@ class ScoringEngine:
         # late 200 nobody waits for.
         loop = asyncio.get_running_loop()
         budget_s = min(self._db_timeout_s, min(job.deadline for job in jobs) - loop.time())
+        lists_read: asyncio.Task[dict[str, Entity]] | None = None
         try:
             async with asyncio.timeout(max(budget_s, 0.0)):
+                if self._rules is not None and new_txs:
+                    # Lists and limits: one read for the batch, while Redis computes.
+                    lists_read = asyncio.create_task(self._rules.prepare(new_txs))
                 matrix: npt.NDArray[np.float64] | None = None
                 if guard is None or guard.available:
                     counting = bool(new_txs)
-                    if self._metrics is not None and new_txs:
-                        self._metrics.redis_round_trips.inc()
+                    trips = self._features.round_trips
                     try:
                         online = await self._features.compute(new_txs)
                         flags, matrix = online.flags, online.matrix
+                        if self._metrics is not None:
+                            # One per batch; on a Redis Cluster, one per master.
+                            self._metrics.redis_round_trips.inc(self._features.round_trips - trips)
                     except FeatureStoreUnavailableError:
                         if guard is None:
                             raise
@@ -241,8 +251,9 @@ class ScoringEngine:
                     # looked up in the database), and a rebuild must add them.
                     flags = np.zeros(len(new_txs), dtype=np.int64)
                     matrix = degraded_matrix(new_txs)
+                entities = await lists_read if lists_read is not None else {}
                 records, outs = self._decide(
-                    jobs, new_txs, new_job, matrix, started, degraded=degraded
+                    jobs, new_txs, new_job, matrix, started, degraded=degraded, entities=entities
                 )
                 async with (
                     self._pool.acquire() as conn,
@@ -282,6 +293,8 @@ class ScoringEngine:
                             conn, [r for r, k in zip(records, keep, strict=True) if k]
                         )
         except BaseException as exc:
+            if lists_read is not None:
+                _reap(lists_read)
             if counting and new_txs:
                 # Not stored: take back what the script counted. If its reply never
                 # came (a timeout), it may still have run: take back everything.
@@ -438,6 +451,7 @@ class ScoringEngine:
         started: float,
         *,
         degraded: bool = False,
+        entities: dict[str, Entity] | None = None,
     ) -> tuple[list[repo.Record], list[DecisionOut]]:
         """Rows to store and answers to give, built together in one pass."""
         if not txs:
@@ -447,6 +461,12 @@ class ScoringEngine:
         if degraded:
             for r in d.reasons:
                 r.insert(0, C.REASON_FEATURES_DEGRADED)
+        n = len(txs)
+        rule_hits: list[list[str] | None] = [None] * n
+        shadow_hits: list[list[str] | None] = [None] * n
+        if self._rules is not None:
+            judged = self._rules.judge(txs, x, entities or {}, d.decision, d.reasons)
+            rule_hits, shadow_hits = judged.rule_hits, judged.shadow_hits
         shadow_scores, shadow_decisions, shadow_version = self._shadow_decide(x)
         processing_ms = round((self._now() - started) * 1000.0, 3)
         batch_size = sum(len(job.payload.transactions) for job in jobs)
@@ -456,7 +476,7 @@ class ScoringEngine:
         queue_ms = [round(job.queue_s * 1000.0, 3) for job in jobs]
         records: list[repo.Record] = []
         outs: list[DecisionOut] = []
-        for tx, score, decision, level, reasons, feats, j, s_score, s_decision in zip(
+        for tx, score, decision, level, reasons, feats, j, s_score, s_decision, hits, s_hits in zip(
             txs,
             scores.tolist(),
             d.decision,
@@ -466,6 +486,8 @@ class ScoringEngine:
             job_of,
             shadow_scores,
             shadow_decisions,
+            rule_hits,
+            shadow_hits,
             strict=True,
         ):
             records.append(
@@ -496,6 +518,10 @@ class ScoringEngine:
                     s_score,
                     s_decision,
                     shadow_version,
+                    tx.card_token,
+                    tx.card_last4,
+                    hits,
+                    s_hits,
                 )
             )
             outs.append(
@@ -590,6 +616,16 @@ class ScoringEngine:
                 " run `sankofa features rebuild` if Redis stays inconsistent",
                 len(txs),
             )
+
+
+def _reap(task: asyncio.Task[Any]) -> None:
+    """Stop a helper task the batch no longer needs; its outcome is read, never lost."""
+    if task.done():
+        if not task.cancelled():
+            task.exception()
+    else:
+        task.cancel()
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
 
 def stored_out(s: repo.StoredDecision) -> DecisionOut:

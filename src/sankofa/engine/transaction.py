@@ -13,12 +13,27 @@ Documented rules beyond the field table:
   ``"1e3"`` and ``"12,50"`` are refused. Either way at most two decimals,
   greater than 0, at most 10^12.
 * ``timestamp``: ``YYYY-MM-DDTHH:MM:SS[.fraction](Z|+HH:MM|-HH:MM)``. A time
-  without an offset is refused. Leap seconds (second 60) are refused, since no
-  event time can be computed for them. Night and weekend are computed in the
-  timestamp's own offset.
+  without an offset is refused, and so is an offset beyond -14:00 / +14:00.
+  Leap seconds (second 60) are refused, since no event time can be computed
+  for them. Night and weekend are computed in the timestamp's own offset.
 * Identifiers (``customer_id``, ``terminal_id``, ``device_id``) are strings of
-  1-128 printable characters. Unknown fields are refused, so a misspelt field
-  never passes silently.
+  1-128 printable characters, not starting or ending with whitespace.
+* ``null`` is refused where the schema has no null: in a required field ("is
+  required, not null"), and in ``type`` and ``currency``, which are left out to
+  get their defaults. The optional ``channel``, ``device_id``, ``ip_address`` and
+  ``metadata`` take null as absent.
+* ``ip_address``: IPv4 or IPv6, without an IPv6 zone (``fe80::1%eth0`` is
+  refused: the zone means something only on the sender's host).
+* Unknown fields are refused, so a misspelt field never passes silently.
+* ``card_number`` (optional): a card's PAN, 13-19 digits (single spaces or
+  dashes between groups allowed) passing the Luhn check. Only its keyed HMAC
+  token and last four digits are kept (PCI DSS). A PAN-looking value in any
+  other field (ids, channel, metadata keys and values) is refused: see
+  sankofa.privacy.cards. No message ever quotes the refused value.
+* ``customer_id_type`` (optional): ``cpf`` or ``cnpj`` declares ``customer_id``
+  a taxpayer number: its check digits are verified and it is normalised before
+  being pseudonymised (sankofa.privacy.documents). Any ``customer_id`` is
+  personal data and stored only as a keyed HMAC, declared or not.
 """
 
 from __future__ import annotations
@@ -39,6 +54,8 @@ import orjson
 
 from sankofa.engine import constants as C
 from sankofa.errors import FieldIssue, InvalidFieldError
+from sankofa.privacy import documents
+from sankofa.privacy.cards import CardTokeniser, derived_card_key, looks_like_pan, pan_digits
 
 _TXID: Final = re.compile(C.TRANSACTION_ID_PATTERN)
 _AMOUNT_TEXT: Final = re.compile(r"^[0-9]{1,16}(\.[0-9]{1,2})?$")
@@ -62,7 +79,12 @@ _FIELDS: Final = frozenset(
         "device_id",
         "ip_address",
         "metadata",
+        "card_number",
+        "customer_id_type",
     }
+)
+_PAN_ELSEWHERE: Final = (
+    "looks like a card number (PAN); a PAN is accepted only in card_number, never stored"
 )
 _REQUIRED: Final = ("transaction_id", "timestamp", "amount", "customer_id", "terminal_id")
 _UTC: Final = UTC
@@ -91,6 +113,8 @@ class Transaction:
     ip_ref: str | None
     metadata: dict[str, Any] | None
     content_hash: bytes
+    card_token: str | None = None  # keyed HMAC of the PAN, never the PAN
+    card_last4: str | None = None
 
     @property
     def local_time_s(self) -> float:
@@ -119,7 +143,7 @@ class _Issues:
 #: these, the C parser is exact and several times faster than building by hand.
 _RFC3339_FAST: Final = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-5][0-9](?:\.[0-9]{1,9})?"
-    r"(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
+    r"(?:Z|[+-](?:(?:0[0-9]|1[0-3]):[0-5][0-9]|14:00))"
 )
 
 
@@ -177,8 +201,8 @@ def _parse_timestamp_slowly(value: object) -> tuple[datetime, str | None]:
         tz = _UTC
     else:
         oh, om = int(off[1:3]), int(off[4:6])
-        if oh > 23 or om > 59:
-            return _EPOCH, "offset must be between -23:59 and +23:59"
+        if om > 59 or oh * 60 + om > MAX_OFFSET_MINUTES:
+            return _EPOCH, "offset must be between -14:00 and +14:00"
         sign = -1 if off[0] == "-" else 1
         tz = timezone(sign * timedelta(hours=oh, minutes=om))
     micro = int((frac or "0").ljust(6, "0")[:6])
@@ -192,10 +216,16 @@ def _parse_timestamp_slowly(value: object) -> tuple[datetime, str | None]:
 
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=_UTC)
+#: No place on Earth keeps a UTC offset beyond +14:00 (Kiribati) or -12:00; RFC
+#: 3339 allows up to 23:59, which only a typo or a forged time would use, and a
+#: +20:00 would move night and weekend by most of a day.
+MAX_OFFSET_MINUTES: Final = 14 * 60
 #: Numbers in metadata must survive a round trip through any JSON parser (2^53).
 _EXACT_FLOAT_LIMIT: Final = float(2**53)
 #: The only control characters a metadata text may hold (PostgreSQL refuses NUL).
 _TEXT_CONTROLS: Final = frozenset("\t\n\r")
+#: The smallest number with 13 digits: below it a number cannot hold a PAN.
+_SMALLEST_PAN: Final = 10**12
 
 
 def parse_amount(value: object) -> tuple[Decimal, str | None]:
@@ -261,6 +291,10 @@ def _identifier(value: object, issues: _Issues, field: str, max_chars: int) -> s
     if not value.isprintable():
         issues.add(field, "must not contain control or non-printable characters")
         return None
+    if value[0].isspace() or value[-1].isspace():
+        # " cust-1" and "cust-1" would be two customers with separate histories.
+        issues.add(field, "must not start or end with whitespace")
+        return None
     return value
 
 
@@ -278,6 +312,17 @@ def _metadata(value: object, issues: _Issues, max_bytes: int) -> dict[str, Any] 
             issues.add(
                 "metadata", f"keys must be 1-{C.MAX_METADATA_KEY_CHARS} printable characters"
             )
+            return None
+        if looks_like_pan(k):
+            issues.add("metadata", f"a key {_PAN_ELSEWHERE}")
+            return None
+        if (isinstance(v, str) and looks_like_pan(v)) or (
+            isinstance(v, (int, float))
+            and not isinstance(v, bool)
+            and abs(v) >= _SMALLEST_PAN
+            and looks_like_pan(str(v))
+        ):
+            issues.add(f"metadata.{k}", _PAN_ELSEWHERE)
             return None
         if isinstance(v, str):
             if len(v) > C.MAX_METADATA_VALUE_CHARS:
@@ -328,6 +373,7 @@ class TransactionParser:
         max_metadata_bytes: int,
         max_clock_skew_s: float = 3600.0,
         now: Callable[[], float] = time.time,
+        card_key: bytes | None = None,
     ) -> None:
         if len(hmac_key) < 16:
             raise ValueError("hmac_key must be at least 16 bytes")
@@ -340,6 +386,16 @@ class TransactionParser:
         self._now = now
         self._hash_key = hashlib.sha256(b"sankofa-content-hash:" + hmac_key).digest()
         self.pseudonymise: Callable[[str, str], str] = _pseudonymiser(hmac_key)
+        self._cards = CardTokeniser(key=card_key or derived_card_key(hmac_key))
+
+    def customer_ref(self, customer_id: str, kind: str | None = None) -> str | None:
+        """The stored ref of a customer identifier (None: not a valid ``kind``)."""
+        if kind is not None:
+            normal = documents.normalise(kind, customer_id)
+            if normal is None:
+                return None
+            customer_id = normal
+        return self.pseudonymise("customer", customer_id)
 
     def parse(self, obj: object, *, prefix: str = "") -> Transaction:
         """One transaction; raises InvalidFieldError naming every broken rule."""
@@ -385,11 +441,13 @@ class TransactionParser:
                 issues.add(str(name), "unknown field")
         for name in _REQUIRED:
             if obj.get(name) is None:
-                issues.add(name, "is required")
+                issues.add(name, "is required" if name not in obj else "is required, not null")
 
         txid = obj.get("transaction_id")
         if txid is not None and not (isinstance(txid, str) and _TXID.fullmatch(txid)):
             issues.add("transaction_id", "must be 1-64 characters of A-Z a-z 0-9 . _ : -")
+        elif isinstance(txid, str) and looks_like_pan(txid):
+            issues.add("transaction_id", _PAN_ELSEWHERE)
 
         ts_raw = obj.get("timestamp")
         ts = _EPOCH
@@ -405,40 +463,80 @@ class TransactionParser:
             if why:
                 issues.add("amount", why)
 
+        # A field with a default is left out to get the default; an explicit null
+        # is refused like any other value of the wrong type (the schema says so).
         currency = obj.get("currency", C.DEFAULT_CURRENCY)
         if currency is None:
-            currency = C.DEFAULT_CURRENCY
-        if not (isinstance(currency, str) and currency in C.ISO_4217):
+            issues.add("currency", "must not be null; leave it out for BRL")
+        elif not (isinstance(currency, str) and currency in C.ISO_4217):
             issues.add("currency", "must be an ISO 4217 currency code in capitals, e.g. BRL")
 
         customer = obj.get("customer_id")
         if customer is not None and not _plain_identifier(customer):
             customer = _identifier(customer, issues, "customer_id", C.MAX_IDENTIFIER_CHARS)
+        customer_kind = obj.get("customer_id_type")
+        if customer_kind is not None:
+            if customer_kind not in documents.KINDS:
+                issues.add("customer_id_type", f"must be one of {', '.join(documents.KINDS)}")
+            elif isinstance(customer, str):
+                normal = documents.normalise(customer_kind, customer)
+                if normal is None:
+                    issues.add(
+                        "customer_id",
+                        f"is not a valid {customer_kind.upper()} (format or check digits)",
+                    )
+                customer = normal
+        elif isinstance(customer, str) and looks_like_pan(customer):
+            issues.add("customer_id", _PAN_ELSEWHERE)
         terminal = obj.get("terminal_id")
         if terminal is not None and not _plain_identifier(terminal):
             terminal = _identifier(terminal, issues, "terminal_id", C.MAX_IDENTIFIER_CHARS)
+        if isinstance(terminal, str) and looks_like_pan(terminal):
+            issues.add("terminal_id", _PAN_ELSEWHERE)
 
         tx_type = obj.get("type", C.DEFAULT_TYPE)
         if tx_type is None:
-            tx_type = C.DEFAULT_TYPE
-        if tx_type not in C.TRANSACTION_TYPES:
+            issues.add("type", f"must not be null; leave it out for {C.DEFAULT_TYPE}")
+        elif tx_type not in C.TRANSACTION_TYPES:
             issues.add("type", f"must be one of {', '.join(C.TRANSACTION_TYPES)}")
 
         channel = obj.get("channel")
         if channel is not None and not (isinstance(channel, str) and _CHANNEL.fullmatch(channel)):
             issues.add("channel", "must be 1-32 characters of a-z 0-9 _")
+        elif isinstance(channel, str) and looks_like_pan(channel):
+            issues.add("channel", _PAN_ELSEWHERE)
         device = obj.get("device_id")
         if device is not None:
             device = _identifier(device, issues, "device_id", C.MAX_IDENTIFIER_CHARS)
+            if isinstance(device, str) and looks_like_pan(device):
+                issues.add("device_id", _PAN_ELSEWHERE)
+        card = obj.get("card_number")
+        card_digits: str | None = None
+        if card is not None:
+            card_digits = pan_digits(card)
+            if card_digits is None:
+                issues.add(
+                    "card_number",
+                    "must be a card number (PAN) as a string of 13-19 digits, optionally"
+                    " grouped by single spaces or dashes, passing the Luhn check",
+                )
         ip = obj.get("ip_address")
         ip_text: str | None = None
         if ip is not None:
             try:
                 if not isinstance(ip, str):
                     raise ValueError
-                ip_text = str(ipaddress.ip_address(ip))
+                addr = ipaddress.ip_address(ip)
             except ValueError:
                 issues.add("ip_address", "must be an IPv4 or IPv6 address")
+            else:
+                if isinstance(addr, ipaddress.IPv6Address) and addr.scope_id is not None:
+                    # fe80::1%eth0: the zone names an interface of the sender's own
+                    # host, meaningless here, and the same address with two zone
+                    # spellings would get two pseudonyms.
+                    issues.add("ip_address", "must not carry a zone (%...); send the address alone")
+                else:
+                    ip_text = str(addr)
         metadata = _metadata(obj.get("metadata"), issues, self._max_metadata_bytes)
 
         if issues.items:
@@ -450,23 +548,26 @@ class TransactionParser:
         customer_ref = self.pseudonymise("customer", customer)
         device_ref = self.pseudonymise("device", device) if isinstance(device, str) else None
         ip_ref = self.pseudonymise("ip", ip_text) if ip_text is not None else None
-        canonical = orjson.dumps(
-            [
-                txid,
-                round(event_time_s * 1_000_000),
-                offset_s,
-                str(amount),
-                currency,
-                customer_ref,
-                terminal,
-                tx_type,
-                channel,
-                device_ref,
-                ip_ref,
-                metadata,
-            ],
-            option=orjson.OPT_SORT_KEYS,
-        )
+        content: list[Any] = [
+            txid,
+            round(event_time_s * 1_000_000),
+            offset_s,
+            str(amount),
+            currency,
+            customer_ref,
+            terminal,
+            tx_type,
+            channel,
+            device_ref,
+            ip_ref,
+            metadata,
+        ]
+        card_token = card_last4 = None
+        if card_digits is not None:
+            card_token, card_last4 = self._cards.tokenise(card_digits)
+            # Only when present: the content hashes stored before cards existed stay valid.
+            content.append(card_token)
+        canonical = orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
         return Transaction(
             transaction_id=txid,
             timestamp=ts,
@@ -483,6 +584,8 @@ class TransactionParser:
             ip_ref=ip_ref,
             metadata=metadata,
             content_hash=hashlib.blake2b(canonical, key=self._hash_key, digest_size=16).digest(),
+            card_token=card_token,
+            card_last4=card_last4,
         )
 
 

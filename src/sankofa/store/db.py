@@ -50,15 +50,18 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
     applied_now: list[int] = []
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
     try:
-        await conn.execute(
-            """
+        # Looked up first: the service's own role (sankofa_app, 0005) may not
+        # CREATE in the schema, even IF NOT EXISTS, yet starts on a migrated database.
+        if not await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL"):
+            await conn.execute(
+                """
             CREATE TABLE IF NOT EXISTS schema_migrations (
                 version     integer PRIMARY KEY,
                 name        text NOT NULL,
                 applied_at  timestamptz NOT NULL DEFAULT now()
             )
             """
-        )
+            )
         done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
         for mg in migrations():
             if mg.version in done:

@@ -23,6 +23,7 @@ import numpy.typing as npt
 import orjson
 
 from sankofa.engine.transaction import Transaction
+from sankofa.errors import FieldIssue, InvalidFieldError
 
 COLUMNS: Final = (
     "transaction_id",
@@ -52,6 +53,12 @@ COLUMNS: Final = (
     "shadow_risk_score",
     "shadow_decision",
     "shadow_model_version",
+    # PCI DSS (0005): the card's keyed HMAC token and last four digits; never the PAN.
+    "card_token",
+    "card_last4",
+    # The rules that matched (0003): active ones, then shadow ones; NULL for none.
+    "rule_hits",
+    "shadow_rule_hits",
 )
 #: dtype of a stored feature vector's elements.
 FEATURE_DTYPE: Final = np.dtype(">f8")
@@ -92,6 +99,8 @@ def record(
     shadow_risk_score: float | None = None,
     shadow_decision: str | None = None,
     shadow_model_version: str | None = None,
+    rule_hits: list[str] | None = None,
+    shadow_rule_hits: list[str] | None = None,
 ) -> Record:
     """One row, in ``COLUMNS`` order (the scorer builds the same tuple inline)."""
     return (
@@ -121,6 +130,10 @@ def record(
         shadow_risk_score,
         shadow_decision,
         shadow_model_version,
+        tx.card_token,
+        tx.card_last4,
+        rule_hits,
+        shadow_rule_hits,
     )
 
 
@@ -202,11 +215,35 @@ async def get_transaction(conn: asyncpg.Connection, transaction_id: str) -> dict
     return out
 
 
+async def get_transactions(
+    conn: asyncpg.Connection, transaction_ids: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """``get_transaction`` for many ids in one query: the rows found, by id."""
+    rows = await conn.fetch(
+        """
+        SELECT t.*, l.fraud AS label_fraud, l.labelled_at
+        FROM transactions t LEFT JOIN labels l USING (transaction_id)
+        WHERE t.transaction_id = ANY($1::text[])
+        """,
+        list(transaction_ids),
+    )
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        row = dict(r)
+        if row["metadata"] is not None:
+            row["metadata"] = orjson.loads(row["metadata"])
+        row["features"] = decode_features(row["features"])
+        out[row["transaction_id"]] = row
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class LabelIn:
     transaction_id: str
     fraud: bool
     labelled_at: datetime
+    #: False: the client sent none and ``labelled_at`` is the time it arrived.
+    labelled_at_given: bool = True
 
 
 async def store_labels(
@@ -215,17 +252,39 @@ async def store_labels(
     """Upsert labels (a later ``labelled_at`` wins). Returns, for the feature store,
     (terminal_id, transaction_id, event_time_s, fraud) of the labels now in force,
     and the indexes of labels naming unknown transactions (nothing is stored then).
+    A label dated before its transaction raises InvalidFieldError (nothing is
+    stored); one whose ``labelled_at`` was not given is dated no earlier than it.
     """
     ids = [lb.transaction_id for lb in labels]
     known = await conn.fetch(
-        "SELECT transaction_id, terminal_id, extract(epoch FROM event_time)::float8 AS t"
-        " FROM transactions WHERE transaction_id = ANY($1::text[])",
+        "SELECT transaction_id, terminal_id, extract(epoch FROM event_time)::float8 AS t,"
+        " event_time FROM transactions WHERE transaction_id = ANY($1::text[])",
         ids,
     )
     where = {r["transaction_id"]: (r["terminal_id"], r["t"]) for r in known}
     unknown = [i for i, tid in enumerate(ids) if tid not in where]
     if unknown:
         return [], unknown
+    event_time = {r["transaction_id"]: r["event_time"] for r in known}
+    labelled_at = [max(lb.labelled_at, event_time[lb.transaction_id]) for lb in labels]
+    early = [
+        i
+        for i, lb in enumerate(labels)
+        if lb.labelled_at_given and lb.labelled_at != labelled_at[i]
+    ]
+    if early:
+        # Checked before anything is written: the request stores nothing.
+        raise InvalidFieldError(
+            [
+                FieldIssue(
+                    f"labels[{i}].labelled_at",
+                    "precedes the transaction's timestamp"
+                    f" ({event_time[labels[i].transaction_id].isoformat()}); a label cannot"
+                    " be known before its transaction happened",
+                )
+                for i in early
+            ]
+        )
     rows = await conn.fetch(
         """
         INSERT INTO labels (transaction_id, fraud, labelled_at)
@@ -237,7 +296,7 @@ async def store_labels(
         """,
         ids,
         [lb.fraud for lb in labels],
-        [lb.labelled_at for lb in labels],
+        labelled_at,
     )
     return [
         (

@@ -1,0 +1,572 @@
+"""The admin API of rules, lists and limits (``sankofa.rules``), and the backtest.
+
+Writes go to the primary in one transaction each; a rule write makes this
+process's snapshot current before it answers, other instances follow within
+``SANKOFA_RULES_REFRESH_S``. Customers, devices and IP addresses are given in
+clear and kept only as the keyed HMACs the transactions carry, so answers name
+them by ``value_ref``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from enum import Enum
+from typing import Any, Final, TypeVar
+
+import asyncpg
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from sankofa.api import rules_schemas as RS
+from sankofa.api.body import read_json
+from sankofa.api.headers import scan_headers
+from sankofa.api.services import Services
+from sankofa.auth.rbac import requires
+from sankofa.auth.roles import ADMIN, ANALYST
+from sankofa.engine.scorer import DB_DOWN
+from sankofa.errors import (
+    FieldIssue,
+    InvalidFieldError,
+    NotFoundError,
+    RuleConflictError,
+    StorageUnavailableError,
+)
+from sankofa.rules import backtest as bt
+from sankofa.rules import store
+from sankofa.rules.book import entity_key
+from sankofa.rules.model import (
+    LIST_KINDS,
+    LIST_NAMES,
+    RULE_ID,
+    RuleSpec,
+    money,
+    parse_entry,
+    parse_limits,
+    parse_rule,
+)
+from sankofa.rules.verdict import RulesEngine
+from sankofa.store import audit as trail
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+T = TypeVar("T")
+
+_TAGS: Final[list[str | Enum]] = ["rules"]
+#: Most items one list page holds.
+MAX_PAGE: Final = 1000
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(content=orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def _services(request: Request) -> Services:
+    services: Services = request.state.services
+    return services
+
+
+def _rules(s: Services) -> RulesEngine:
+    if s.rules is None:  # pragma: no cover - always wired by open_services
+        raise NotFoundError("rules are not enabled")
+    return s.rules
+
+
+async def _db(s: Services, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    """One transaction on the primary, bounded; the database away is a 503."""
+    try:
+        async with asyncio.timeout(s.settings.db_timeout_s):
+            async with s.pool.acquire() as conn, conn.transaction():
+                return await work(conn)
+    except DB_DOWN as exc:
+        raise StorageUnavailableError(f"storage unavailable: {type(exc).__name__}") from exc
+
+
+def _actor(request: Request) -> str | None:
+    """Who made a change, for the audit trail: the token's subject (None in
+    development mode, where no token is asked for)."""
+    principal = request.scope.get("sankofa.principal")
+    subject = getattr(principal, "subject", None)
+    return str(subject) if subject is not None else None
+
+
+async def _db_audited(
+    s: Services,
+    request: Request,
+    kind: str,
+    details: Callable[[Any], dict[str, Any] | None],
+    work: Callable[[asyncpg.Connection], Awaitable[T]],
+) -> T:
+    """``_db`` for a change: its audit record (``sankofa.store.audit``) is written
+    in the same transaction, last. ``details(result)`` says what changed (no
+    customer, device or address reference: the trail is never erased); None
+    records nothing (the change did not happen)."""
+
+    async def both(conn: asyncpg.Connection) -> T:
+        result = await work(conn)
+        what = details(result)
+        if what is not None:
+            await trail.record(conn, kind, _actor(request), what)
+        return result
+
+    return await _db(s, both)
+
+
+async def _refresh(s: Services) -> None:
+    """Make this instance's rules snapshot current after a committed write. The
+    write stands if this fails (the database went away just after it): the
+    periodic refresh catches up, as on every other instance."""
+    try:
+        await _rules(s).book.refresh()
+    except Exception as exc:
+        log.warning("rules snapshot not refreshed after a write (%s)", type(exc).__name__)
+
+
+async def _body(request: Request, s: Services) -> Any:
+    return await read_json(
+        request, scan_headers(request.scope), s.settings.max_body_bytes, s.body_deadlines
+    )
+
+
+def _rule_id(rule_id: str) -> str:
+    if not RULE_ID.fullmatch(rule_id):
+        raise NotFoundError(f"no rule {rule_id[:64]!r}")
+    return rule_id
+
+
+def _page(request: Request) -> tuple[int, str | None]:
+    q = request.query_params
+    raw = q.get("limit", "100")
+    if not (raw.isdigit() and 1 <= int(raw) <= MAX_PAGE):
+        raise InvalidFieldError([FieldIssue("limit", f"must be an integer from 1 to {MAX_PAGE}")])
+    return int(raw), q.get("after")
+
+
+# -- rules ---------------------------------------------------------------------
+
+
+def _rule_change(op: str) -> Callable[[Any], dict[str, Any]]:
+    def details(rule: Any) -> dict[str, Any]:
+        return {
+            "op": op,
+            "id": rule.rule_id,
+            "version": rule.version,
+            "action": rule.action,
+            "mode": rule.mode,
+            "priority": rule.priority,
+        }
+
+    return details
+
+
+@router.post(
+    "/v1/rules",
+    dependencies=[requires(ADMIN)],
+    summary="Create a rule (version 1)",
+    status_code=201,
+    tags=_TAGS,
+    responses=RS.responses(201),
+    openapi_extra=RS.body(RS.RuleIn),
+)
+async def create_rule(request: Request) -> Response:
+    s = _services(request)
+    spec, _ = parse_rule(await _body(request, s))
+
+    async def work(conn: asyncpg.Connection) -> Any:
+        prior = await store.latest(conn, spec.rule_id)
+        if prior is not None and not prior.deleted:
+            raise RuleConflictError(
+                f"rule {spec.rule_id} exists (version {prior.version}); PUT to change it"
+            )
+        # A deleted id may be created again: its history goes on.
+        return await store.append(conn, spec, version=1 if prior is None else prior.version + 1)
+
+    rule = await _db_audited(s, request, "rules.change", _rule_change("create"), work)
+    await _refresh(s)
+    return _json(rule.view(), 201)
+
+
+@router.get(
+    "/v1/rules",
+    dependencies=[requires(ADMIN, ANALYST)],
+    summary="The rules in force",
+    tags=_TAGS,
+    responses=RS.responses(200),
+)
+async def list_rules(request: Request) -> Response:
+    s = _services(request)
+    rev, rules = await _db(s, store.current_rules)
+    rules.sort(key=lambda r: (r.mode != "active", r.priority, r.rule_id))
+    return _json({"revision": rev, "rules": [r.view() for r in rules]})
+
+
+@router.get(
+    "/v1/rules/{rule_id}",
+    dependencies=[requires(ADMIN, ANALYST)],
+    summary="A rule in force (its latest version)",
+    tags=_TAGS,
+    responses=RS.responses(200),
+)
+async def get_rule(request: Request, rule_id: str) -> Response:
+    s = _services(request)
+    rid = _rule_id(rule_id)
+    rule = await _db(s, lambda conn: store.latest(conn, rid))
+    if rule is None or rule.deleted:
+        raise NotFoundError(f"no rule {rid}")
+    return _json(rule.view())
+
+
+@router.get(
+    "/v1/rules/{rule_id}/versions",
+    dependencies=[requires(ADMIN, ANALYST)],
+    summary="Every version of a rule, deletions included",
+    tags=_TAGS,
+    responses=RS.responses(200),
+)
+async def rule_versions(request: Request, rule_id: str) -> Response:
+    s = _services(request)
+    rid = _rule_id(rule_id)
+    versions = await _db(s, lambda conn: store.history(conn, rid))
+    if not versions:
+        raise NotFoundError(f"no rule {rid}")
+    return _json({"id": rid, "versions": [r.view() for r in versions]})
+
+
+@router.put(
+    "/v1/rules/{rule_id}",
+    dependencies=[requires(ADMIN)],
+    summary="Change a rule: a new version",
+    tags=_TAGS,
+    responses=RS.responses(200),
+    openapi_extra=RS.body(RS.RuleIn),
+)
+async def update_rule(request: Request, rule_id: str) -> Response:
+    s = _services(request)
+    rid = _rule_id(rule_id)
+    spec, _ = parse_rule(await _body(request, s), rule_id=rid)
+
+    async def work(conn: asyncpg.Connection) -> Any:
+        prior = await store.latest(conn, rid)
+        if prior is None or prior.deleted:
+            raise NotFoundError(f"no rule {rid}; POST /v1/rules creates one")
+        return await store.append(conn, spec, version=prior.version + 1)
+
+    rule = await _db_audited(s, request, "rules.change", _rule_change("update"), work)
+    await _refresh(s)
+    return _json(rule.view())
+
+
+@router.delete(
+    "/v1/rules/{rule_id}",
+    dependencies=[requires(ADMIN)],
+    summary="Retire a rule (its history is kept)",
+    status_code=204,
+    tags=_TAGS,
+    responses=RS.responses(204),
+)
+async def delete_rule(request: Request, rule_id: str) -> Response:
+    s = _services(request)
+    rid = _rule_id(rule_id)
+
+    async def work(conn: asyncpg.Connection) -> None:
+        prior = await store.latest(conn, rid)
+        if prior is None or prior.deleted:
+            raise NotFoundError(f"no rule {rid}")
+        spec = RuleSpec(
+            rid, prior.action, prior.priority, prior.mode, prior.expression, prior.description
+        )
+        await store.append(conn, spec, version=prior.version + 1, deleted=True)
+        return spec.rule_id, prior.version + 1
+
+    await _db_audited(
+        s,
+        request,
+        "rules.change",
+        lambda done: {"op": "delete", "id": done[0], "version": done[1]},
+        work,
+    )
+    await _refresh(s)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/v1/rules/backtest",
+    dependencies=[requires(ADMIN, ANALYST)],
+    summary="How many stored transactions a draft rule would have hit, with their labels",
+    tags=_TAGS,
+    responses=RS.responses(200),
+    openapi_extra=RS.body(RS.BacktestIn),
+)
+async def backtest(request: Request) -> Response:
+    s = _services(request)
+    req = bt.parse_request(await _body(request, s), max_rows=s.settings.backtest_max_rows)
+    try:
+        async with s.pool.acquire() as conn:
+            result = await bt.run(conn, req, fetch_timeout_s=s.settings.db_timeout_s)
+    except DB_DOWN as exc:
+        raise StorageUnavailableError(f"storage unavailable: {type(exc).__name__}") from exc
+    return _json(result)
+
+
+# -- lists ---------------------------------------------------------------------
+
+
+def _list_kind(list_name: str, kinds: str) -> str:
+    if list_name not in LIST_NAMES or kinds not in LIST_KINDS:
+        raise NotFoundError(
+            f"no list /v1/lists/{list_name[:16]}/{kinds[:16]}: the lists are"
+            " /v1/lists/{hot|allow}/{customers|terminals|devices|ips}"
+        )
+    return LIST_KINDS[kinds]
+
+
+def _value_ref(s: Services, kind: str, value: str, field: str = "value") -> str:
+    if not (1 <= len(value) <= 128 and value.isprintable()):
+        raise InvalidFieldError([FieldIssue(field, "must be 1-128 printable characters")])
+    if kind == "terminal":
+        return value
+    if kind == "ip":
+        try:
+            value = str(ipaddress.ip_address(value))
+        except ValueError:
+            raise InvalidFieldError(
+                [FieldIssue(field, "must be an IPv4 or IPv6 address")]
+            ) from None
+    return s.parser.pseudonymise(kind, value)
+
+
+def _iso(dt: datetime | None) -> str | None:
+    return None if dt is None else dt.isoformat()
+
+
+def _entry_view(e: store.StoredEntry, now_s: float) -> dict[str, Any]:
+    return {
+        "list": e.list,
+        "kind": e.kind,
+        "value_ref": e.value_ref,
+        "reason": e.reason,
+        "expires_at": _iso(e.expires_at),
+        "active": e.expires_at is None or e.expires_at.timestamp() > now_s,
+        "created_at": _iso(e.created_at),
+        "updated_at": _iso(e.updated_at),
+    }
+
+
+@router.post(
+    "/v1/lists/{list_name}/{kinds}",
+    dependencies=[requires(ADMIN)],
+    summary="Add (201) or replace (200) an entry of a hot or allow list",
+    tags=_TAGS,
+    responses=RS.responses(200, 201),
+    openapi_extra=RS.body(RS.ListEntryIn),
+)
+async def put_entry(request: Request, list_name: str, kinds: str) -> Response:
+    s = _services(request)
+    kind = _list_kind(list_name, kinds)
+    rules = _rules(s)
+    entry = parse_entry(await _body(request, s), now_s=rules.wall_clock())
+    ref = _value_ref(s, kind, entry.value)
+    stored, created = await _db_audited(
+        s,
+        request,
+        "lists.change",
+        lambda _: {"op": "put", "list": list_name, "kind": kind},
+        lambda conn: store.put_entry(conn, list_name, kind, ref, entry),
+    )
+    await rules.invalidate([entity_key(kind, ref)])
+    return _json(_entry_view(stored, rules.wall_clock()), 201 if created else 200)
+
+
+@router.get(
+    "/v1/lists/{list_name}/{kinds}",
+    dependencies=[requires(ADMIN, ANALYST)],
+    summary="A list's entries, by value_ref",
+    tags=_TAGS,
+    responses=RS.responses(200),
+)
+async def get_entries(request: Request, list_name: str, kinds: str) -> Response:
+    s = _services(request)
+    kind = _list_kind(list_name, kinds)
+    limit, after = _page(request)
+    found = await _db(
+        s, lambda conn: store.entries(conn, list_name, kind, limit=limit, after=after)
+    )
+    now_s = _rules(s).wall_clock()
+    return _json(
+        {
+            "entries": [_entry_view(e, now_s) for e in found],
+            "next": found[-1].value_ref if len(found) == limit else None,
+        }
+    )
+
+
+@router.get(
+    "/v1/lists/{list_name}/{kinds}/{value}",
+    dependencies=[requires(ADMIN, ANALYST)],
+    summary="One entry, by its value",
+    tags=_TAGS,
+    responses=RS.responses(200),
+)
+async def get_entry(request: Request, list_name: str, kinds: str, value: str) -> Response:
+    s = _services(request)
+    kind = _list_kind(list_name, kinds)
+    ref = _value_ref(s, kind, value, "value (path)")
+    found = await _db(s, lambda conn: store.get_entry(conn, list_name, kind, ref))
+    if found is None:
+        raise NotFoundError(f"not on the {list_name} list of {kinds}")
+    return _json(_entry_view(found, _rules(s).wall_clock()))
+
+
+@router.delete(
+    "/v1/lists/{list_name}/{kinds}/{value}",
+    dependencies=[requires(ADMIN)],
+    summary="Remove an entry",
+    status_code=204,
+    tags=_TAGS,
+    responses=RS.responses(204),
+)
+async def delete_entry(request: Request, list_name: str, kinds: str, value: str) -> Response:
+    s = _services(request)
+    kind = _list_kind(list_name, kinds)
+    ref = _value_ref(s, kind, value, "value (path)")
+    if not await _db_audited(
+        s,
+        request,
+        "lists.change",
+        lambda gone: {"op": "delete", "list": list_name, "kind": kind} if gone else None,
+        lambda conn: store.delete_entry(conn, list_name, kind, ref),
+    ):
+        raise NotFoundError(f"not on the {list_name} list of {kinds}")
+    await _rules(s).invalidate([entity_key(kind, ref)])
+    return Response(status_code=204)
+
+
+# -- limits --------------------------------------------------------------------
+
+
+def _limits_view(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "customer_ref": row["customer_ref"],
+        "night_pix_limit": money(row["night_pix_limit_cents"]),
+        "max_amount": money(row["max_amount_cents"]),
+        "reason": row["reason"],
+        "updated_at": _iso(row["updated_at"]),
+        "default": False,
+    }
+
+
+def _defaults(s: Services) -> dict[str, Any]:
+    lim = _rules(s).limits
+    return {
+        "night_pix_limit": money(lim.night_pix_limit_cents),
+        "night_start": f"{lim.night_start_hour:02d}:00",
+        "night_end": f"{lim.night_end_hour:02d}:00",
+        "timezone": lim.timezone.key,
+        "max_amount": None,
+    }
+
+
+@router.get(
+    "/v1/limits",
+    dependencies=[requires(ADMIN, ANALYST)],
+    summary="The default limits",
+    tags=_TAGS,
+    responses=RS.responses(200),
+)
+async def get_defaults(request: Request) -> Response:
+    return _json(_defaults(_services(request)))
+
+
+@router.get(
+    "/v1/limits/customers",
+    dependencies=[requires(ADMIN, ANALYST)],
+    summary="Customers with limits of their own",
+    tags=_TAGS,
+    responses=RS.responses(200),
+)
+async def list_limits(request: Request) -> Response:
+    s = _services(request)
+    limit, after = _page(request)
+    rows = await _db(s, lambda conn: store.all_limits(conn, limit=limit, after=after))
+    return _json(
+        {
+            "limits": [_limits_view(r) for r in rows],
+            "next": rows[-1]["customer_ref"] if len(rows) == limit else None,
+        }
+    )
+
+
+@router.put(
+    "/v1/limits/customers/{customer_id}",
+    dependencies=[requires(ADMIN)],
+    summary="Set a customer's own limits",
+    tags=_TAGS,
+    responses=RS.responses(200),
+    openapi_extra=RS.body(RS.LimitsIn),
+)
+async def put_limits(request: Request, customer_id: str) -> Response:
+    s = _services(request)
+    ref = _value_ref(s, "customer", customer_id, "customer_id (path)")
+    lim = parse_limits(await _body(request, s))
+    row = await _db_audited(
+        s,
+        request,
+        "limits.change",
+        lambda _: {"op": "put"},
+        lambda conn: store.put_limits(conn, ref, lim),
+    )
+    await _rules(s).invalidate([entity_key("customer", ref)])
+    return _json(_limits_view(row))
+
+
+@router.get(
+    "/v1/limits/customers/{customer_id}",
+    dependencies=[requires(ADMIN, ANALYST)],
+    summary="A customer's limits: their own, or the defaults",
+    tags=_TAGS,
+    responses=RS.responses(200),
+)
+async def get_limits(request: Request, customer_id: str) -> Response:
+    s = _services(request)
+    ref = _value_ref(s, "customer", customer_id, "customer_id (path)")
+    row = await _db(s, lambda conn: store.get_limits(conn, ref))
+    if row is None:
+        d = _defaults(s)
+        return _json(
+            {
+                "customer_ref": ref,
+                "night_pix_limit": d["night_pix_limit"],
+                "max_amount": None,
+                "reason": "",
+                "updated_at": None,
+                "default": True,
+            }
+        )
+    return _json(_limits_view(row))
+
+
+@router.delete(
+    "/v1/limits/customers/{customer_id}",
+    dependencies=[requires(ADMIN)],
+    summary="Back to the default limits",
+    status_code=204,
+    tags=_TAGS,
+    responses=RS.responses(204),
+)
+async def delete_limits(request: Request, customer_id: str) -> Response:
+    s = _services(request)
+    ref = _value_ref(s, "customer", customer_id, "customer_id (path)")
+    if not await _db_audited(
+        s,
+        request,
+        "limits.change",
+        lambda gone: {"op": "delete"} if gone else None,
+        lambda conn: store.delete_limits(conn, ref),
+    ):
+        raise NotFoundError("this customer has no limits of their own")
+    await _rules(s).invalidate([entity_key("customer", ref)])
+    return Response(status_code=204)
