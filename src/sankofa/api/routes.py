@@ -18,6 +18,7 @@ from sankofa.api.headers import priority_of, scan_headers, timeout_of
 from sankofa.api.services import Services
 from sankofa.auth.rbac import public, requires
 from sankofa.auth.roles import ANALYST, SCORER
+from sankofa.auth.service import ACTOR_SCOPE_KEY
 from sankofa.cache import Loader
 from sankofa.engine import constants as C
 from sankofa.engine.labels import parse_labels
@@ -54,12 +55,9 @@ def _services(request: Request) -> Services:
     return services
 
 
-#: Where the authentication layer leaves who is calling (a client id), for the
-#: audit trail. Unset: the record names the database session's user.
-ACTOR_SCOPE_KEY: Final = "sankofa.actor"
-
-
 def actor_of(request: Request) -> str | None:
+    """Who is calling, as authentication left it (auth.rbac), for the audit trail.
+    None (auth off): the record names the database session's user."""
     actor = request.scope.get(ACTOR_SCOPE_KEY)
     return actor if isinstance(actor, str) else None
 

@@ -31,7 +31,7 @@ from fastapi import FastAPI, Request, params
 
 from sankofa.api import schemas
 from sankofa.auth.roles import ROLES
-from sankofa.auth.service import PRINCIPAL_SCOPE_KEY
+from sankofa.auth.service import ACTOR_SCOPE_KEY, PRINCIPAL_SCOPE_KEY
 from sankofa.errors import ForbiddenError, RateLimitedError
 
 _ROLES_ATTR: Final = "__sankofa_roles__"
@@ -93,6 +93,7 @@ def requires(*roles: str) -> RoleRequirement:
                 f"client {principal.subject} is over its request rate", retry_after_s=wait_s
             )
         request.scope[PRINCIPAL_SCOPE_KEY] = principal
+        request.scope[ACTOR_SCOPE_KEY] = principal.client_id or principal.subject
 
     setattr(check_roles, _ROLES_ATTR, allowed)
     return RoleRequirement(check_roles)
