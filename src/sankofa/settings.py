@@ -226,6 +226,7 @@ class Settings(BaseSettings):
         if self.auth_required is None:
             return self.environment == "production"
         return self.auth_required
+
     # Rules, lists and limits (sankofa.rules).
     #: Each instance checks this often whether the rules changed elsewhere (a poll
     #: of the latest revision); a change made through it is in force at once.

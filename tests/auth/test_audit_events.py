@@ -80,3 +80,36 @@ async def test_client_create_and_delete_from_the_cli_are_recorded(
     assert [r["details"]["client_id"] for r in created] == [out["client_id"]]
     assert [r["details"]["client_id"] for r in deleted] == [out["client_id"]]
     assert out["client_secret"] not in json.dumps(created)
+
+
+async def test_a_labels_record_names_the_calling_client(
+    auth_app: AuthApp, db: asyncpg.Connection
+) -> None:
+    # rbac leaves the caller in the request for the audit trail (api.routes.actor_of).
+    start = await _head(db)
+    token = role_token("analyst", sub="analyst-desk-7")
+    resp = await auth_app.client.post(
+        "/v1/labels",
+        json={"labels": [{"transaction_id": "no-such-tx", "fraud": True}]},
+        headers=bearer(token),
+    )
+    assert resp.status_code == 422  # unknown transaction: nothing stored, nothing recorded
+    assert await _records(db, "labels", start) == []
+    scorer = role_token("scorer", sub="acquirer-3")
+    tx = {
+        "transaction_id": "actor-tx-1",
+        "timestamp": "2018-04-01T10:00:00-03:00",
+        "amount": "10.00",
+        "customer_id": "c-1",
+        "terminal_id": "t-1",
+    }
+    assert (
+        await auth_app.client.post("/v1/transactions", json=tx, headers=bearer(scorer))
+    ).status_code == 200
+    resp = await auth_app.client.post(
+        "/v1/labels",
+        json={"labels": [{"transaction_id": "actor-tx-1", "fraud": True}]},
+        headers=bearer(token),
+    )
+    assert resp.status_code == 200, resp.text
+    assert [r["actor"] for r in await _records(db, "labels", start)] == ["analyst-desk-7"]

@@ -12,10 +12,14 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import APIRouter, FastAPI, Request
+from starlette.responses import Response
 
 from auth.conftest import AuthApp, bearer, claims, role_token, sign
+from conftest import _with_state
+from sankofa.api import problems
 from sankofa.api.app import create_app
-from sankofa.auth.rbac import PUBLIC, PUBLIC_FRAMEWORK_PATHS, route_roles
+from sankofa.auth.rbac import PUBLIC, PUBLIC_FRAMEWORK_PATHS, public, requires, route_roles
 from sankofa.auth.roles import ROLES
 from sankofa.settings import Settings
 
@@ -166,3 +170,55 @@ def test_the_api_description_names_each_operations_roles() -> None:
     assert read["security"] == [{"bearer": []}, {"oauth2": ["analyst"]}]
     assert "security" not in doc["paths"]["/health/live"]["get"]
     assert "security" not in doc["paths"]["/v1/oauth/token"]["post"]
+
+
+async def test_both_forms_of_declaration_are_enforced_and_seen(auth_app: AuthApp) -> None:
+    # requires() as a FastAPI dependency (on a route or a router) and as a decorator.
+    app = FastAPI()
+    problems.install(app)
+    guarded = APIRouter(dependencies=[requires("admin")])
+
+    @guarded.get("/by-router")
+    async def by_router() -> Response:
+        return Response(b"ok")
+
+    @app.get("/by-dependency", dependencies=[requires("auditor")])
+    async def by_dependency() -> Response:
+        return Response(b"ok")
+
+    @app.get("/by-decorator")
+    @requires("auditor")
+    async def by_decorator(request: Request) -> Response:
+        return Response(b"ok")
+
+    @app.get("/open")
+    @public()
+    async def open_route() -> Response:
+        return Response(b"ok")
+
+    app.include_router(guarded)
+    table = route_roles(app)
+    assert table[("GET", "/by-router")] == {"admin"}
+    assert table[("GET", "/by-dependency")] == {"auditor"}
+    assert table[("GET", "/by-decorator")] == {"auditor"}
+    assert table[("GET", "/open")] == PUBLIC
+    state = {"services": auth_app.services}
+    transport = httpx.ASGITransport(app=_with_state(app, state))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        for path, role in (
+            ("/by-router", "admin"),
+            ("/by-dependency", "auditor"),
+            ("/by-decorator", "auditor"),
+        ):
+            assert (await c.get(path)).status_code == 401
+            assert (await c.get(path, headers=bearer(role_token("scorer")))).status_code == 403
+            assert (await c.get(path, headers=bearer(role_token(role)))).status_code == 200
+        assert (await c.get("/open")).status_code == 200
+
+
+def test_the_decorator_needs_a_request_parameter() -> None:
+    async def no_request() -> None:
+        return None
+
+    with pytest.raises(TypeError, match="request"):
+        requires("admin")(no_request)

@@ -145,7 +145,6 @@ def _basic(header: str) -> tuple[str, str] | None:
 @router.post(
     "/v1/oauth/token",
     summary="OAuth 2.0 client credentials: an access token for a registered client",
-    dependencies=[public()],
     tags=["auth"],
     response_class=Response,
     openapi_extra={
@@ -172,6 +171,7 @@ def _basic(header: str) -> tuple[str, str] | None:
         503: _problem("Storage unavailable (with Retry-After)"),
     },
 )
+@public()
 async def issue_token(request: Request) -> Response:
     s = _services(request)
     headers = _headers(request)
@@ -287,7 +287,6 @@ _ADMIN_PROBLEMS: Final[dict[int | str, dict[str, Any]]] = {
 @router.get(
     "/v1/clients",
     summary="The registered clients (never their secrets)",
-    dependencies=[requires(ADMIN)],
     tags=["auth"],
     response_class=Response,
     responses={
@@ -298,6 +297,7 @@ _ADMIN_PROBLEMS: Final[dict[int | str, dict[str, Any]]] = {
         **_ADMIN_PROBLEMS,
     },
 )
+@requires(ADMIN)
 async def get_clients(request: Request) -> Response:
     s = _services(request)
     try:
@@ -314,7 +314,6 @@ async def get_clients(request: Request) -> Response:
 @router.delete(
     "/v1/clients/{client_id}",
     summary="Delete a client: its tokens stop working",
-    dependencies=[requires(ADMIN)],
     tags=["auth"],
     status_code=204,
     response_class=Response,
@@ -325,6 +324,7 @@ async def get_clients(request: Request) -> Response:
         **_ADMIN_PROBLEMS,
     },
 )
+@requires(ADMIN)
 async def remove_client(request: Request, client_id: str) -> Response:
     s = _services(request)
     if not client_store.ID_PATTERN.fullmatch(client_id):

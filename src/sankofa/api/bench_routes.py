@@ -35,7 +35,6 @@ router = APIRouter(
     prefix="/bench",
     tags=["benchmark baselines"],
     include_in_schema=False,
-    dependencies=[requires(SCORER)],
 )
 
 _FIXED: Final = orjson.dumps(
@@ -56,6 +55,7 @@ _FIXED: Final = orjson.dumps(
 
 
 @router.post("/bare")
+@requires(SCORER)
 async def bare(request: Request) -> Response:
     s: Services = request.state.services
     headers = scan_headers(request.scope)
@@ -67,6 +67,7 @@ async def bare(request: Request) -> Response:
 
 
 @router.post("/naive")
+@requires(SCORER)
 async def naive(request: Request) -> Response:
     s: Services = request.state.services
     loop = asyncio.get_running_loop()

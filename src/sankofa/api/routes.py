@@ -18,6 +18,7 @@ from sankofa.api.headers import priority_of, scan_headers, timeout_of
 from sankofa.api.services import Services
 from sankofa.auth.rbac import public, requires
 from sankofa.auth.roles import ANALYST, SCORER
+from sankofa.auth.service import ACTOR_SCOPE_KEY
 from sankofa.cache import Loader
 from sankofa.engine import constants as C
 from sankofa.engine.labels import parse_labels
@@ -54,25 +55,22 @@ def _services(request: Request) -> Services:
     return services
 
 
-#: Where the authentication layer leaves who is calling (a client id), for the
-#: audit trail. Unset: the record names the database session's user.
-ACTOR_SCOPE_KEY: Final = "sankofa.actor"
-
-
 def actor_of(request: Request) -> str | None:
+    """Who is calling, as authentication left it (auth.rbac), for the audit trail.
+    None (auth off): the record names the database session's user."""
     actor = request.scope.get(ACTOR_SCOPE_KEY)
     return actor if isinstance(actor, str) else None
 
 
 @router.post(
     "/v1/transactions",
-    dependencies=[requires(SCORER)],
     summary="Score one transaction",
     response_model=schemas.DecisionOut,
     responses=schemas.SCORING_RESPONSES,
     openapi_extra=schemas.body_ref("TransactionIn", headers=True),
     tags=["scoring"],
 )
+@requires(SCORER)
 async def score_one(request: Request) -> Response:
     s = _services(request)
     headers = scan_headers(request.scope)
@@ -89,13 +87,13 @@ async def score_one(request: Request) -> Response:
 
 @router.post(
     "/v1/transactions/batch",
-    dependencies=[requires(SCORER)],
     summary="Score up to 1000 transactions; results in the same order",
     response_model=schemas.BatchDecisionOut,
     responses=schemas.SCORING_RESPONSES,
     openapi_extra=schemas.body_ref("TransactionBatchIn", headers=True),
     tags=["scoring"],
 )
+@requires(SCORER)
 async def score_batch(request: Request) -> Response:
     s = _services(request)
     headers = scan_headers(request.scope)
@@ -123,13 +121,13 @@ async def score_batch(request: Request) -> Response:
 
 @router.post(
     "/v1/labels",
-    dependencies=[requires(SCORER, ANALYST)],
     summary="Record labels (fraud or not) learnt after the fact",
     response_model=schemas.LabelsOut,
     responses=schemas.LABELS_RESPONSES,
     openapi_extra=schemas.body_ref("LabelsIn"),
     tags=["labels"],
 )
+@requires(SCORER, ANALYST)
 async def post_labels(request: Request) -> Response:
     s = _services(request)
     body = await read_json(
@@ -181,11 +179,11 @@ async def post_labels(request: Request) -> Response:
 
 @router.get(
     "/v1/transactions/{transaction_id}",
-    dependencies=[requires(ANALYST)],
     summary="The stored transaction and its decision",
     responses=schemas.READ_RESPONSES,
     tags=["reads"],
 )
+@requires(ANALYST)
 async def get_transaction(request: Request, transaction_id: str) -> Response:
     s = _services(request)
     if not _TXID.fullmatch(transaction_id):
@@ -305,7 +303,6 @@ _READY_SCHEMA: Final = {
 
 @router.get(
     "/metrics",
-    dependencies=[public()],
     summary="Prometheus metrics",
     tags=["health"],
     response_class=Response,
@@ -314,6 +311,7 @@ _READY_SCHEMA: Final = {
         **schemas.problem_responses(431),
     },
 )
+@public()
 async def metrics(request: Request) -> Response:
     body, content_type = _services(request).metrics.render()
     return Response(content=body, media_type=content_type)
@@ -321,7 +319,6 @@ async def metrics(request: Request) -> Response:
 
 @router.get(
     "/health/live",
-    dependencies=[public()],
     summary="The process is up",
     tags=["health"],
     response_class=Response,
@@ -341,14 +338,14 @@ async def metrics(request: Request) -> Response:
         **schemas.problem_responses(431),
     },
 )
-@router.head("/health/live", include_in_schema=False, dependencies=[public()])
+@router.head("/health/live", include_in_schema=False)
+@public()
 async def live() -> Response:
     return _json({"status": "ok"})
 
 
 @router.get(
     "/health/ready",
-    dependencies=[public()],
     summary="Ready to score: database, Redis, dispatcher (and the read replica, reported)",
     tags=["health"],
     response_class=Response,
@@ -362,7 +359,8 @@ async def live() -> Response:
         **schemas.problem_responses(431),
     },
 )
-@router.head("/health/ready", include_in_schema=False, dependencies=[public()])
+@router.head("/health/ready", include_in_schema=False)
+@public()
 async def ready(request: Request) -> Response:
     s = _services(request)
     checks: dict[str, bool] = {}

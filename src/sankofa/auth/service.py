@@ -23,6 +23,9 @@ from sankofa.settings import Settings
 MAX_AUTHORIZATION_BYTES: Final = 4096
 #: Where the verified principal is left for the route (request.scope).
 PRINCIPAL_SCOPE_KEY: Final = "sankofa.principal"
+#: ... and who is calling, as the audit trail names it (api.routes.actor_of):
+#: the client id, or the token's subject for an operator's or a provider's token.
+ACTOR_SCOPE_KEY: Final = "sankofa.actor"
 
 
 def bearer_token(scope: Scope) -> str:
