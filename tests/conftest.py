@@ -169,8 +169,17 @@ def settings_factory(database_url: str, redis_url: str, redis_prefix: str) -> An
 
 
 @pytest.fixture
-def settings(settings_factory: Any) -> Settings:
-    s: Settings = settings_factory()
+def settings(settings_factory: Any, request: pytest.FixtureRequest) -> Settings:
+    """Test settings; ``@pytest.mark.door_shedding`` keeps the door's lag thresholds
+    at their defaults (settings_factory turns them off for in-process apps)."""
+    overrides: dict[str, Any] = {}
+    if request.node.get_closest_marker("door_shedding") is not None:
+        fields = Settings.model_fields
+        overrides = {
+            name: fields[name].default
+            for name in ("shed_lag_ms_high", "shed_lag_ms_normal", "shed_lag_ms_low")
+        }
+    s: Settings = settings_factory(**overrides)
     return s
 
 

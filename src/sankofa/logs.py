@@ -155,6 +155,15 @@ def configure_logging(*, level: str, fmt: LogFormat, stream: TextIO | None = Non
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # Libraries whose debug lines quote the data they carry (aiocache logs every
+    # command with its keys, and cache keys hold terminal ids): never below INFO,
+    # so that a debug level set for our own code logs no personal data.
+    for name in _QUOTING_LIBRARIES:
+        logging.getLogger(name).setLevel(max(logging.INFO, logging.getLevelName(level.upper())))
+
+
+#: Loggers capped at INFO (see ``configure``).
+_QUOTING_LIBRARIES = ("aiocache",)
 
 
 def uvicorn_log_config(fmt: LogFormat) -> dict[str, Any]:

@@ -122,6 +122,7 @@ async def test_an_insane_request_id_is_replaced(client: httpx.AsyncClient, given
     assert "x-evil" not in r.headers
 
 
+@pytest.mark.door_shedding
 async def test_problem_answers_carry_the_request_id(
     client: httpx.AsyncClient, services: Any
 ) -> None:
