@@ -154,7 +154,8 @@ class Settings(BaseSettings):
 
     # The layered cache (sankofa.cache): GET /v1/transactions/{id}, and what the
     # engine reads per transaction (rules, lists, limits).
-    #: Its Redis (L2 and the invalidation channel); unset: ``redis_url``.
+    #: Its Redis (L2 and the invalidation channel); unset: ``redis_url``. On a
+    #: Redis Cluster without it, the cache has no L2 (the channel alone).
     cache_redis_url: str | None = None
     #: A cache call to Redis slower than this is a miss: PostgreSQL answers.
     cache_timeout_s: float = Field(default=0.25, gt=0)

@@ -243,6 +243,23 @@ async def test_a_unix_socket_url_works_as_the_embedded_redis_uses_one(
         assert failures(a_registry) == failures(b_registry) == 0
 
 
+async def test_without_l2_the_channel_alone_invalidates_the_other_instance(
+    make_cache: CacheFactory, table: Table
+) -> None:
+    """As on a Redis Cluster with no cache Redis of its own: no L2, pub/sub only."""
+    a, _ = await make_cache(use_l2=False)
+    b, b_registry = await make_cache(use_l2=False)
+    assert a.invalidation_heard and b.invalidation_heard
+    assert await a.get("items", "a") == "alpha"
+    assert await b.get("items", "a") == "alpha"
+    assert await table.loads() == 2  # no L2 to share
+    await table.set("a", "ALPHA")
+    assert await b.get("items", "a") == "alpha"  # B's L1
+    assert await a.invalidate("items", ["a"]) is True
+    await eventually(lambda: b.get("items", "a"), "ALPHA", within_s=1.0)
+    assert lookups(b_registry, "l2", "hit") + lookups(b_registry, "l2", "miss") == 0
+
+
 async def test_redis_stopped_is_a_miss_and_a_metric(
     make_cache: CacheFactory, table: Table, tmp_path: Path
 ) -> None:

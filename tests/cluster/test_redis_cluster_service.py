@@ -461,3 +461,44 @@ async def test_a_master_down_makes_the_guard_stop_calling_redis(
         finally:
             await pool.close()
             await redis.aclose()
+
+
+async def test_on_a_cluster_a_label_reaches_the_other_instance_within_a_second(
+    settings_factory: Any, plain_cluster: Any
+) -> None:
+    """The layered cache on a cluster without a cache Redis of its own: no L2 (its
+    multi-key calls need one Redis), the invalidation channel on the cluster."""
+    settings = settings_factory(redis_url=plain_cluster.url, redis_cluster=True)
+    apps = [create_app(settings), create_app(settings)]
+    async with (
+        apps[0].router.lifespan_context(apps[0]) as state_a,
+        apps[1].router.lifespan_context(apps[1]) as state_b,
+    ):
+        clients = [
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=_with_state(app, state)),
+                base_url="http://sankofa.test",
+            )
+            for app, state in ((apps[0], state_a), (apps[1], state_b))
+        ]
+        a, b = clients
+        try:
+            body = _tx(slice_payloads(1)[0])
+            assert (await a.post("/v1/transactions", json=body)).status_code == 200
+            path = f"/v1/transactions/{body['transaction_id']}"
+            assert (await b.get(path)).json()["label"] is None
+            assert (await b.get(path)).json()["label"] is None  # from B's L1 now
+            label = {"transaction_id": body["transaction_id"], "fraud": True}
+            assert (await a.post("/v1/labels", json={"labels": [label]})).status_code == 200
+            async with asyncio.timeout(1.0):
+                while (await b.get(path)).json()["label"] is None:  # noqa: ASYNC110
+                    await asyncio.sleep(0.005)  # the message comes from Redis
+            registry = state_b["services"].metrics.registry
+            hits = registry.get_sample_value(
+                "sankofa_cache_lookups_total",
+                {"cache": "transactions", "layer": "l1", "result": "hit"},
+            )
+            assert hits is not None and hits >= 1
+        finally:
+            for c in clients:
+                await c.aclose()

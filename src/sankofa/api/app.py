@@ -152,6 +152,9 @@ async def open_services(
                 registry=metrics.registry,
                 timeout_s=settings.cache_timeout_s,
                 retry_s=settings.cache_retry_s,
+                # L2's multi-key calls need one Redis, not a cluster: on a cluster
+                # without a cache Redis of its own, Redis carries the channel only.
+                use_l2=settings.cache_redis_url is not None or not settings.redis_cluster,
             )
         )
         # Stored decisions never change; their label does (invalidated on POST /v1/labels).

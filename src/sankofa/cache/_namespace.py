@@ -340,16 +340,18 @@ class Namespace(Generic[V]):
         if not unique:
             return True
         self._drop(unique, "local")
-        if self._l2 is None:
-            return True
+        if self._l2 is None and self._bus is None:
+            return True  # a single process: nobody else to tell
         self._add_pending(unique)
         return await self.retry_pending()
 
     async def retry_pending(self) -> bool:
         """Send the pending invalidations to Redis; True when none is left."""
         l2 = self._l2
-        if not self._pending or l2 is None:
+        if not self._pending:
             return True
+        if l2 is None:
+            return await self._publish_pending()
         if not l2.available:
             return False  # left alone for a moment after a failure: the retry loop comes back
         pending = list(self._pending)
@@ -367,6 +369,23 @@ class Namespace(Generic[V]):
                 self._l2_failed("invalidate", exc, 1)
                 return False
             l2.succeeded()
+            for key in keys:
+                self._pending.pop(key, None)
+        return not self._pending
+
+    async def _publish_pending(self) -> bool:
+        """Without L2 (a Redis Cluster and no cache Redis of its own): the other
+        instances' L1 is told on the channel alone; there is no L2 entry to tombstone."""
+        bus = self._bus
+        assert bus is not None
+        pending = list(self._pending)
+        for i in range(0, len(pending), INVALIDATE_CHUNK):
+            keys = pending[i : i + INVALIDATE_CHUNK]
+            try:
+                await bus.publish(invalidation_message(self.name, keys))
+            except Exception as exc:  # never the caller's error: retried by the loop
+                self._m.failure("l1", "invalidate", _reason(exc))
+                return False
             for key in keys:
                 self._pending.pop(key, None)
         return not self._pending

@@ -67,6 +67,7 @@ class InvalidationBus:
         self._ping_every_s = ping_every_s
         self._dead_after_s = dead_after_s
         self._retry_s = retry_s
+        self._publish_timeout_s = connect_timeout_s
         self._on_lost = on_lost
         self._clock = clock
         self._client = aioredis.Redis.from_url(
@@ -87,6 +88,13 @@ class InvalidationBus:
     def heard(self) -> bool:
         """True while the subscription is confirmed and the connection alive."""
         return self._heard
+
+    async def publish(self, message: bytes) -> int:
+        """Send ``message`` on the channel (when there is no L2 to do it in the same
+        round trip as its tombstones); the number of subscribers that heard it."""
+        async with asyncio.timeout(self._publish_timeout_s):
+            heard: int = await self._client.publish(self.channel, message)
+        return heard
 
     def register(self, name: str, cache: Subscriber) -> None:
         if name in self._caches:

@@ -165,7 +165,7 @@ class LayeredCache:
         if self._bus is not None:
             if not await self._bus.start(wait_s):
                 log.warning("cache invalidation channel not heard yet; L1 bypassed until it is")
-        if self._l2 is not None:
+        if self._l2 is not None or self._bus is not None:
             self._retrier = asyncio.create_task(self._retry_loop(), name="sankofa-cache-retry")
 
     async def _retry_loop(self) -> None:
@@ -202,15 +202,19 @@ async def open_cache(
     retry_s: float = 1.0,
     pool_max: int = 8,
     start_wait_s: float = 1.0,
+    use_l2: bool = True,
     clock: Callable[[], float] = time.monotonic,
 ) -> AsyncIterator[LayeredCache]:
     """A started ``LayeredCache`` on ``redis_url`` (None: L1 and the loaders only, for
     a single process), its metrics on ``registry``; closed on exit. Redis need not
-    answer at start: the cache reads PostgreSQL until it does."""
+    answer at start: the cache reads PostgreSQL until it does.
+
+    ``use_l2=False``: Redis carries the invalidation channel only (pub/sub works
+    on any node of a Redis Cluster, where L2's multi-key calls would not)."""
     metrics = CacheMetrics(registry)
     l2: RedisLayer | None = None
     bus: InvalidationBus | None = None
-    if redis_url is not None:
+    if redis_url is not None and use_l2:
         l2 = RedisLayer(
             backend=aiocache_from_url(
                 redis_url, timeout_s=timeout_s, pool_max=pool_max, socket_timeout_s=timeout_s
@@ -219,6 +223,7 @@ async def open_cache(
             retry_s=retry_s,
             clock=clock,
         )
+    if redis_url is not None:
         bus = InvalidationBus(
             redis_url=redis_url,
             channel=INVALIDATION_CHANNEL.format(prefix=prefix),
