@@ -130,7 +130,12 @@ def test_settings_come_from_the_configmap_and_secret(container: dict[str, Any]) 
     known = setting_names() | PENDING_SETTINGS
     assert set(config) | set(secret) <= known, (set(config) | set(secret)) - known
     assert config["SANKOFA_ENVIRONMENT"] == "production"
-    for key in ("SANKOFA_HMAC_KEY", "SANKOFA_JWT_SECRET", "SANKOFA_DATABASE_URL", "SANKOFA_REDIS_URL"):
+    for key in (
+        "SANKOFA_HMAC_KEY",
+        "SANKOFA_JWT_SECRET",
+        "SANKOFA_DATABASE_URL",
+        "SANKOFA_REDIS_URL",
+    ):
         assert key in secret and key not in config
         assert "REPLACE" in secret[key]  # placeholders only
 
