@@ -129,6 +129,9 @@ async def test_erasure_strips_personal_data_and_keeps_decisions(
         await db.fetchrow("SELECT * FROM transactions WHERE transaction_id = 'tx-9'")
     )
     head = await db.fetchval("SELECT seq FROM audit_head")
+    # Read once: the stored view is now in the cache (GET /v1/transactions/{id}).
+    seen = (await client.get("/v1/transactions/tx-0")).json()["transaction"]
+    assert seen["metadata"] == {"name": "Maria"} and seen["card_last4"] == "1111"
 
     r = await client.post(
         "/v1/privacy/erasure",
@@ -137,6 +140,10 @@ async def test_erasure_strips_personal_data_and_keeps_decisions(
     assert r.status_code == 200, r.text
     out = r.json()
     assert out["transactions_erased"] == 3 and out["feature_history_deleted"] is True
+    # The cached view went with the data.
+    after = (await client.get("/v1/transactions/tx-0")).json()["transaction"]
+    assert after["metadata"] is None and after["card_last4"] is None
+    assert after["personal_data_erased_at"] is not None
 
     rows = await db.fetch(
         "SELECT transaction_id, customer_ref, device_ref, ip_ref, metadata, card_token, card_last4,"

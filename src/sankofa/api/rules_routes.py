@@ -272,7 +272,7 @@ async def delete_rule(request: Request, rule_id: str) -> Response:
     s = _services(request)
     rid = _rule_id(rule_id)
 
-    async def work(conn: asyncpg.Connection) -> None:
+    async def work(conn: asyncpg.Connection) -> tuple[str, int]:
         prior = await store.latest(conn, rid)
         if prior is None or prior.deleted:
             raise NotFoundError(f"no rule {rid}")

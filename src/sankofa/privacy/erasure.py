@@ -48,6 +48,8 @@ class Erasure:
     erasure_id: str
     transactions: int
     audit_seq: int
+    #: The erased transactions' ids: a cache of their stored views must drop them.
+    transaction_ids: tuple[str, ...] = ()
 
 
 async def erase_customer(
@@ -66,11 +68,15 @@ async def erase_customer(
     """
     erasure_id = str(uuid.uuid4())
     async with conn.transaction():
-        n = await conn.fetchval(
-            f"WITH e AS (UPDATE transactions SET {_STRIP} WHERE customer_ref = $1 RETURNING 1)"
-            " SELECT count(*) FROM e",
-            customer_ref,
-        )
+        ids = [
+            r["transaction_id"]
+            for r in await conn.fetch(
+                f"UPDATE transactions SET {_STRIP} WHERE customer_ref = $1"
+                " RETURNING transaction_id",
+                customer_ref,
+            )
+        ]
+        n = len(ids)
         seq = await audit.record(
             conn,
             "erasure",
@@ -82,7 +88,7 @@ async def erase_customer(
                 "request_ref": request_ref,
             },
         )
-    return Erasure(erasure_id, int(n), seq)
+    return Erasure(erasure_id, n, seq, tuple(ids))
 
 
 @dataclass(frozen=True, slots=True)

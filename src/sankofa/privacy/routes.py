@@ -14,7 +14,7 @@ from starlette.responses import Response
 from sankofa.api import schemas
 from sankofa.api.body import read_json
 from sankofa.api.headers import scan_headers
-from sankofa.api.routes import actor_of
+from sankofa.api.routes import TRANSACTIONS_CACHE, actor_of
 from sankofa.api.services import Services
 from sankofa.auth.rbac import requires
 from sankofa.auth.roles import ADMIN
@@ -123,6 +123,10 @@ async def erasure(request: Request) -> Response:
                 )
     except DB_DOWN as exc:
         raise StorageUnavailableError(f"storage unavailable: {type(exc).__name__}") from exc
+    # Cached views of those transactions (GET /v1/transactions/{id}) hold what was
+    # just erased: every instance drops them (a cache failure keeps it pending
+    # and retried; the cache never raises).
+    await s.cache.invalidate(TRANSACTIONS_CACHE, list(done.transaction_ids))
     # The online history (amounts and times under the ref) goes too; it would
     # expire on its own after SANKOFA_FEATURE_KEY_TTL_S otherwise.
     try:
