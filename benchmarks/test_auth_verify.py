@@ -18,7 +18,9 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from fastapi import Request
 from jose import jwk, jwt
+from starlette.responses import Response
 
 from sankofa.auth.clients import Client, ClientRegistry
 from sankofa.auth.keys import KeyRing, VerifyKey, build_keyring
@@ -148,11 +150,14 @@ def test_client_secret_check(benchmark: Any) -> None:
     assert benchmark(verify_secret, "a-client-secret", stored)
 
 
+# Request and Response at module level: the handlers' annotations are strings
+# (``from __future__ import annotations``) that FastAPI resolves in this module's
+# globals; imported inside the function, ``request`` was taken for a body field
+# and every call answered 422.
 def _route_app() -> Any:
     import types
 
-    from fastapi import FastAPI, Request
-    from starlette.responses import Response
+    from fastapi import FastAPI
 
     from sankofa.auth.rbac import requires
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import redis as redis_sync
 
-from conftest import LiveServer, server_env
+from conftest import FIXTURES, LiveServer, server_env
 from sankofa.privacy.cards import looks_like_pan
 from sankofa.settings import Settings
 from tests_support import tx
@@ -27,6 +27,8 @@ PANS = (
     "6062825624254001",  # Hipercard
     "4000000000000002",
 )
+#: Published transactions replayed through the server before the scan.
+SLICE = FIXTURES / "handbook-slice.csv.gz"
 FORMATTED = ("4111 1111 1111 1111", "5555-5555-5555-4444", "3782 822463 10005")
 #: Hex text holding a letter (hashes, refs): may hold a run of digits by chance.
 _HEX: re.Pattern[str] = re.compile(r"[0-9a-f]*[a-f][0-9a-f]*")
@@ -193,12 +195,28 @@ def live_server_debug(settings: Settings, tmp_path: Path) -> Iterator[LiveServer
         server.stop()
 
 
-def test_no_pan_anywhere_after_a_run(live_server_debug: Any, settings: Settings) -> None:
+def test_no_pan_anywhere_after_a_run(
+    live_server_debug: Any, settings: Settings, tmp_path: Path
+) -> None:
     bodies = _run(live_server_debug.url)
+    # And a replay of published transactions (two days of the committed slice,
+    # with their labels) through the same server, as operators run it.
+    from sankofa.cli import main
+
+    code = main(
+        [
+            "replay", "--input", str(SLICE), "--url", live_server_debug.url,
+            "--from", "2018-06-20", "--to", "2018-06-21", "--batch", "50",
+            "--concurrency", "2", "--no-progress", "--report", str(tmp_path / "replay.json"),
+        ]
+    )  # fmt: skip
+    assert code == 0
     live_server_debug.stop()
     log = live_server_debug.log_path.read_text()
     # The log covers the run (debug level, every logger, JSON lines).
-    assert '"level": "debug"' in log and "41 transactions" in log, log[-2000:]
+    drained = re.search(r"dispatcher drained: \d+ batches, (\d+) transactions", log)
+    assert '"level": "debug"' in log and drained, log[-2000:]
+    assert int(drained.group(1)) > 41  # the 41 of the run and the replay's
     assert _finds(log) == [], "a PAN in the service's logs"
     assert asyncio.run(_scan_tables(settings.database_url or "")) == {}
     assert _scan_redis(settings.redis_url or "", settings.redis_prefix) == []

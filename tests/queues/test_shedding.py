@@ -125,6 +125,7 @@ def test_thresholds_checked() -> None:
         LoadShedder(thresholds_s=THRESHOLDS, release_s=-1.0)
 
 
+@pytest.mark.door_shedding
 async def test_shed_requests_get_503_with_retry_after_before_parsing(
     client: httpx.AsyncClient, services: object
 ) -> None:
