@@ -282,3 +282,48 @@ async def test_every_change_is_in_the_audit_trail_and_the_chain_verifies(
     assert "customer-secret-7" not in text and "chargebacks" not in text
     report = await audit.verify(db)
     assert report.ok, report
+
+
+PAN = "4111111111111111"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/v1/rules", rule(description=f"card {PAN}")),
+        ("POST", "/v1/rules", rule(expression=f'terminal_id == "{PAN}"')),
+        ("POST", "/v1/rules", rule(rule_id=PAN)),
+        ("PUT", f"/v1/rules/{PAN}", rule(rule_id=PAN)),
+        ("POST", "/v1/lists/hot/terminals", {"value": "t-1", "reason": f"card {PAN[:4]} {PAN[4:8]} {PAN[8:12]} {PAN[12:]}"}),
+        ("POST", "/v1/lists/hot/terminals", {"value": PAN, "reason": "x"}),
+        ("POST", "/v1/lists/allow/customers", {"value": PAN, "reason": "x"}),
+        ("DELETE", f"/v1/lists/hot/terminals/{PAN}", None),
+        ("PUT", "/v1/limits/customers/c-1", {"night_pix_limit": "500.00", "reason": f"card {PAN}"}),
+        ("PUT", f"/v1/limits/customers/{PAN}", {"night_pix_limit": "500.00"}),
+        ("POST", "/v1/rules/backtest", {"expression": f'terminal_id == "{PAN}"', "from": "2018-04-01T00:00:00Z", "to": "2018-04-02T00:00:00Z"}),
+        ("POST", "/v1/privacy/erasure", {"customer_id": "c-9", "request_ref": PAN}),
+    ],
+)  # fmt: skip
+async def test_a_card_number_in_any_admin_input_is_refused_and_stored_nowhere(
+    client: httpx.AsyncClient, db: asyncpg.Connection, method: str, path: str, body: object
+) -> None:
+    """PCI DSS: what operators type goes into tables, cache keys and the audit trail
+    (which can never be edited): a PAN there is a 422 that does not quote it."""
+    start = await db.fetchval("SELECT coalesce(max(seq), 0) FROM audit_log")
+    r = await client.request(method, path, json=body)
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"] == PROBLEM
+    assert PAN not in r.text and PAN[-12:] not in r.text
+    for table in ("rule_versions", "list_entries", "customer_limits"):
+        assert await db.fetchval(f"SELECT count(*) FROM {table}") == 0, table
+    assert await db.fetchval("SELECT count(*) FROM audit_log WHERE seq > $1", start) == 0
+
+
+async def test_an_ip_list_entry_with_a_zone_is_refused(client: httpx.AsyncClient) -> None:
+    """A zone names an interface of the sender's host: transactions refuse it, so an
+    entry with one could never match."""
+    r = await client.post("/v1/lists/hot/ips", json={"value": "fe80::1%eth0", "reason": "x"})
+    assert r.status_code == 422, r.text
+    assert (
+        await client.post("/v1/lists/hot/ips", json={"value": "fe80::1", "reason": "x"})
+    ).status_code == 201

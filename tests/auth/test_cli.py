@@ -115,3 +115,21 @@ def test_token_refuses_the_default_secret_where_auth_is_on(database_url: str) ->
         timeout=60,
     )
     assert got.returncode != 0 and "SANKOFA_JWT_SECRET" in got.stderr
+
+
+def test_token_warns_when_signed_with_the_development_secret(database_url: str) -> None:
+    """Development mode, no secret set: the token is printed, with a warning on
+    stderr (a service that has a secret of its own would answer it 401)."""
+    env = _env(database_url)
+    del env["SANKOFA_JWT_SECRET"]
+    got = subprocess.run(
+        [sys.executable, "-m", "sankofa.cli", "token", "--role", "scorer"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert got.returncode == 0 and got.stdout.count(".") == 2
+    assert "SANKOFA_JWT_SECRET is not set" in got.stderr
+    with_secret = _sankofa(database_url, "token", "--role", "scorer")
+    assert with_secret.returncode == 0 and "not set" not in with_secret.stderr

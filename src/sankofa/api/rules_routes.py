@@ -36,6 +36,7 @@ from sankofa.errors import (
     RuleConflictError,
     StorageUnavailableError,
 )
+from sankofa.privacy.cards import pan_fields
 from sankofa.rules import backtest as bt
 from sankofa.rules import store
 from sankofa.rules.book import entity_key
@@ -127,12 +128,25 @@ async def _refresh(s: Services) -> None:
 
 
 async def _body(request: Request, s: Services) -> Any:
-    return await read_json(
+    body = await read_json(
         request, scan_headers(request.scope), s.settings.max_body_bytes, s.body_deadlines
     )
+    refuse_pans(body)
+    return body
+
+
+def refuse_pans(value: Any, path: str = "") -> None:
+    """A card number (PAN) anywhere in an admin input is a 422, never stored: in a
+    rule, a list entry's value or reason, a limit's reason, or a path value."""
+    where = pan_fields(value, path)
+    if where:
+        raise InvalidFieldError(
+            [FieldIssue(w, "looks like a card number (PAN); not accepted here") for w in where]
+        )
 
 
 def _rule_id(rule_id: str) -> str:
+    refuse_pans(rule_id, "rule_id (path)")
     if not RULE_ID.fullmatch(rule_id):
         raise NotFoundError(f"no rule {rule_id[:64]!r}")
     return rule_id
@@ -327,9 +341,16 @@ def _list_kind(list_name: str, kinds: str) -> str:
 def _value_ref(s: Services, kind: str, value: str, field: str = "value") -> str:
     if not (1 <= len(value) <= 128 and value.isprintable()):
         raise InvalidFieldError([FieldIssue(field, "must be 1-128 printable characters")])
+    refuse_pans(value, field)
     if kind == "terminal":
         return value
     if kind == "ip":
+        if "%" in value:
+            # As for transactions: a zone names an interface of the sender's host,
+            # so an entry with one could never match a transaction.
+            raise InvalidFieldError(
+                [FieldIssue(field, "must be an IPv4 or IPv6 address without a zone (%...)")]
+            )
         try:
             value = str(ipaddress.ip_address(value))
         except ValueError:

@@ -92,7 +92,7 @@ def add_auth_parsers(sub: Any) -> None:
 def run_token(args: argparse.Namespace) -> int:
     from sankofa.auth.keys import build_keyring
     from sankofa.auth.tokens import TokenIssuer
-    from sankofa.settings import Settings
+    from sankofa.settings import DEV_JWT_SECRET, Settings
 
     settings = Settings()
     if args.ttl is not None and args.ttl > settings.jwt_max_ttl_s:
@@ -115,6 +115,15 @@ def run_token(args: argparse.Namespace) -> int:
         max_ttl_s=settings.jwt_max_ttl_s,
     )
     token, _ = issuer.issue(subject=args.subject, roles=args.roles, ttl_s=args.ttl)
+    if settings.jwt_secret.get_secret_value() == DEV_JWT_SECRET:
+        # Seen in a trial: a new shell without the secret signs with the default,
+        # and the service (which has one) answers 401 with no hint why.
+        print(
+            "sankofa token: SANKOFA_JWT_SECRET is not set: signed with the development"
+            " secret, which only a service in development mode without its own secret"
+            " accepts",
+            file=sys.stderr,
+        )
     print(token)
     return 0
 

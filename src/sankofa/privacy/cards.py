@@ -99,3 +99,31 @@ class CardTokeniser:
 def derived_card_key(hmac_key: bytes) -> bytes:
     """The card key when none is given (tests, tools): separate from the identifiers'."""
     return hashlib.sha256(b"sankofa-card-token:" + hmac_key).digest()
+
+
+def pan_fields(value: object, path: str = "") -> list[str]:
+    """Where in a parsed JSON value (objects, arrays, strings, numbers; keys too) a
+    PAN-looking value sits, as field paths (``reason``, ``items[2].value``). The
+    admin API refuses such bodies: nothing an operator types may carry a card
+    number into a table, a cache key or the audit trail (which can never be
+    edited)."""
+    found: list[str] = []
+    if isinstance(value, str):
+        if looks_like_pan(value):
+            found.append(path or "body")
+    elif isinstance(value, bool) or value is None:
+        pass
+    elif isinstance(value, (int, float)):
+        if looks_like_pan(str(value)):
+            found.append(path or "body")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            key = str(k)
+            where = f"{path}.{key}" if path else key
+            if looks_like_pan(key):
+                found.append(f"{path}.[key]" if path else "[key]")
+            found += pan_fields(v, where)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found += pan_fields(v, f"{path}[{i}]")
+    return found

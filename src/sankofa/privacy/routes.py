@@ -22,6 +22,7 @@ from sankofa.engine import constants as C
 from sankofa.engine.scorer import DB_DOWN
 from sankofa.errors import FieldIssue, InvalidFieldError, StorageUnavailableError
 from sankofa.privacy import documents
+from sankofa.privacy.cards import looks_like_pan
 from sankofa.privacy.erasure import erase_customer
 
 router = APIRouter()
@@ -78,6 +79,9 @@ def _parse(body: Any) -> tuple[str, str | None, str | None]:
         )
     if ref is not None and not (isinstance(ref, str) and _REF.fullmatch(ref)):
         issues.append(FieldIssue("request_ref", "must be 1-64 characters of A-Z a-z 0-9 . _ : / -"))
+    elif isinstance(ref, str) and looks_like_pan(ref):
+        # It goes into the audit trail, which can never be edited.
+        issues.append(FieldIssue("request_ref", "looks like a card number (PAN); not accepted"))
     if issues:
         raise InvalidFieldError(issues)
     assert isinstance(customer, str)
