@@ -14,6 +14,7 @@
     |   |   +-- RuleExpressionError   422 a rule's expression: where and why
     |   +-- ConflictError             409 same transaction id, other content
     |   +-- RuleConflictError         409 a rule id taken, or changed meanwhile
+    |   +-- PreconditionFailedError   412 If-Match names another version
     |   +-- UnstorableValueError      422 passed validation, refused by the database
     |   +-- NotFoundError             404
     |   +-- AuthError                 the caller is not let in
@@ -157,6 +158,14 @@ class RuleConflictError(RequestError):
     status = 409
     type_slug = "rule-conflict"
     title = "Rule conflict"
+
+
+class PreconditionFailedError(RequestError):
+    """``If-Match`` named a version that is no longer the latest (RFC 9110 13.1.1)."""
+
+    status = 412
+    type_slug = "precondition-failed"
+    title = "Precondition failed"
 
 
 class UnstorableValueError(RequestError):

@@ -57,6 +57,70 @@ async def test_rule_versions_create_update_delete(
     assert await db.fetchval("SELECT count(*) FROM rule_versions") == 4
 
 
+async def test_a_put_keeps_the_fields_it_leaves_out(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    """A PUT naming only the expression must not turn a shadow rule active or
+    drop its description (the defaults of a create are not an update's)."""
+    r = await client.post("/v1/rules", json=rule(mode="shadow", description="trial"))
+    assert r.status_code == 201, r.text
+    r = await client.put("/v1/rules/big-pix", json={"expression": "amount > 2000"})
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert (got["version"], got["mode"], got["description"]) == (2, "shadow", "trial")
+    assert (got["action"], got["priority"], got["expression"]) == ("review", 10, "amount > 2000")
+    # Null is not "left out": it is refused, and nothing is stored.
+    r = await client.put("/v1/rules/big-pix", json={"mode": None})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "mode"
+    # A body naming nothing to change is refused rather than stored as a copy.
+    for body in ({}, {"id": "big-pix"}):
+        r = await client.put("/v1/rules/big-pix", json=body)
+        assert r.status_code == 422 and r.headers["content-type"] == PROBLEM, r.text
+    # A bad field is refused even when the others are left out.
+    r = await client.put("/v1/rules/big-pix", json={"priority": -1})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "priority"
+    assert await db.fetchval("SELECT max(version) FROM rule_versions") == 2
+
+
+async def test_if_match_refuses_a_change_to_a_version_that_moved_on(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    """Two analysts read version 1; the first change wins, the second is a 412
+    instead of silently replacing it."""
+    created = await client.post("/v1/rules", json=rule())
+    assert created.headers["etag"] == '"1"'
+    read = await client.get("/v1/rules/big-pix")
+    assert read.headers["etag"] == '"1"'
+
+    first = await client.put(
+        "/v1/rules/big-pix", json={"priority": 5}, headers={"If-Match": read.headers["etag"]}
+    )
+    assert first.status_code == 200 and first.headers["etag"] == '"2"'
+    second = await client.put(
+        "/v1/rules/big-pix", json={"action": "decline"}, headers={"If-Match": '"1"'}
+    )
+    assert second.status_code == 412 and second.headers["content-type"] == PROBLEM
+    assert "version 2" in second.json()["detail"]
+    gone = await client.delete("/v1/rules/big-pix", headers={"If-Match": '"1"'})
+    assert gone.status_code == 412
+    # A weak tag never matches (If-Match compares strongly); a list may name the
+    # latest among others; * matches any existing version.
+    weak = await client.put(
+        "/v1/rules/big-pix", json={"priority": 6}, headers={"If-Match": 'W/"2"'}
+    )
+    assert weak.status_code == 412
+    listed = await client.put(
+        "/v1/rules/big-pix", json={"priority": 7}, headers={"If-Match": '"1", "2"'}
+    )
+    assert listed.status_code == 200 and listed.json()["version"] == 3
+    rows = await db.fetch("SELECT version, priority FROM rule_versions ORDER BY version")
+    assert [(r["version"], r["priority"]) for r in rows] == [(1, 10), (2, 5), (3, 7)]
+    assert (await client.delete("/v1/rules/big-pix", headers={"If-Match": "*"})).status_code == 204
+    # On a rule that does not exist the answer is 404 whatever If-Match says.
+    r = await client.put("/v1/rules/big-pix", json={"priority": 1}, headers={"If-Match": "*"})
+    assert r.status_code == 404
+
+
 async def test_unknown_rule_is_404(client: httpx.AsyncClient) -> None:
     for path in ("/v1/rules/nope", "/v1/rules/nope/versions", "/v1/rules/..bad"):
         r = await client.get(path)

@@ -33,6 +33,7 @@ from sankofa.errors import (
     FieldIssue,
     InvalidFieldError,
     NotFoundError,
+    PreconditionFailedError,
     RuleConflictError,
     StorageUnavailableError,
 )
@@ -163,6 +164,51 @@ def _page(request: Request) -> tuple[int, str | None]:
 # -- rules ---------------------------------------------------------------------
 
 
+#: A rule's fields a PUT may leave out: each keeps the latest version's value.
+_RULE_KEEPS: Final = ("action", "priority", "mode", "expression", "description")
+
+
+#: Stand-ins for the fields a PUT leaves out, so its own fields can be checked
+#: before the latest version is read (the placeholders themselves always pass).
+_PLACEHOLDER: Final = {"action": "review", "priority": 0, "expression": "amount > 0"}
+
+
+def _etag(version: int) -> str:
+    """A rule version's entity tag: its version number, a strong validator."""
+    return f'"{version}"'
+
+
+def _rule_response(rule: Any, status: int = 200) -> Response:
+    response = _json(rule.view(), status)
+    response.headers["ETag"] = _etag(rule.version)
+    return response
+
+
+def _if_match(request: Request) -> list[str] | None:
+    """The entity tags of ``If-Match`` (RFC 9110 13.1.1), its lines joined; None
+    when absent. Weak tags (``W/"3"``) are kept as sent and never match, since
+    If-Match compares strongly."""
+    lines = request.headers.getlist("if-match")
+    if not lines:
+        return None
+    tags = [t.strip() for line in lines for t in line.split(",") if t.strip()]
+    if not tags:
+        raise InvalidFieldError([FieldIssue("header If-Match", "is empty")])
+    return tags
+
+
+def _check_version(rule_id: str, tags: list[str] | None, latest: int) -> None:
+    """A change conditioned on a version (``If-Match``) is refused with 412 when
+    the rule has moved on, so two analysts editing one rule cannot overwrite
+    each other's version unseen. ``*`` matches any existing version."""
+    if tags is None or "*" in tags or _etag(latest) in tags:
+        return
+    raise PreconditionFailedError(
+        f"rule {rule_id} is at version {latest}; If-Match named {', '.join(tags)[:100]}:"
+        " read it again and retry"
+    )
+
+
 def _rule_change(op: str) -> Callable[[Any], dict[str, Any]]:
     def details(rule: Any) -> dict[str, Any]:
         return {
@@ -201,7 +247,7 @@ async def create_rule(request: Request) -> Response:
 
     rule = await _db_audited(s, request, "rules.change", _rule_change("create"), work)
     await _refresh(s)
-    return _json(rule.view(), 201)
+    return _rule_response(rule, 201)
 
 
 @router.get(
@@ -231,7 +277,7 @@ async def get_rule(request: Request, rule_id: str) -> Response:
     rule = await _db(s, lambda conn: store.latest(conn, rid))
     if rule is None or rule.deleted:
         raise NotFoundError(f"no rule {rid}")
-    return _json(rule.view())
+    return _rule_response(rule)
 
 
 @router.get(
@@ -254,24 +300,47 @@ async def rule_versions(request: Request, rule_id: str) -> Response:
     "/v1/rules/{rule_id}",
     dependencies=[requires(ADMIN)],
     summary="Change a rule: a new version",
+    description=(
+        "Fields left out keep the latest version's values (a PUT naming only"
+        " `expression` leaves the action, priority, mode and description as they"
+        ' were). With `If-Match: "N"` (the `ETag` of a GET) the change is made only'
+        " if N is still the latest version, else 412."
+    ),
     tags=_TAGS,
-    responses=RS.responses(200),
-    openapi_extra=RS.body(RS.RuleIn),
+    responses=RS.responses(200, precondition=True),
+    openapi_extra=RS.body(RS.RuleUpdate),
 )
 async def update_rule(request: Request, rule_id: str) -> Response:
     s = _services(request)
     rid = _rule_id(rule_id)
-    spec, _ = parse_rule(await _body(request, s), rule_id=rid)
+    tags = _if_match(request)
+    body = await _body(request, s)
+    if isinstance(body, dict) and not set(body) & set(_RULE_KEEPS):
+        raise InvalidFieldError(
+            [FieldIssue("body", f"names nothing to change (any of {', '.join(_RULE_KEEPS)})")]
+        )
+    # Validated once before the database is asked (a bad body costs no
+    # connection), then again merged with the latest version.
+    parse_rule({**_PLACEHOLDER, **body} if isinstance(body, dict) else body, rule_id=rid)
 
     async def work(conn: asyncpg.Connection) -> Any:
         prior = await store.latest(conn, rid)
         if prior is None or prior.deleted:
             raise NotFoundError(f"no rule {rid}; POST /v1/rules creates one")
+        _check_version(rid, tags, prior.version)
+        kept = {
+            "action": prior.action,
+            "priority": prior.priority,
+            "mode": prior.mode,
+            "expression": prior.expression,
+            "description": prior.description,
+        }
+        spec, _ = parse_rule({**kept, **body}, rule_id=rid)
         return await store.append(conn, spec, version=prior.version + 1)
 
     rule = await _db_audited(s, request, "rules.change", _rule_change("update"), work)
     await _refresh(s)
-    return _json(rule.view())
+    return _rule_response(rule)
 
 
 @router.delete(
@@ -280,16 +349,18 @@ async def update_rule(request: Request, rule_id: str) -> Response:
     summary="Retire a rule (its history is kept)",
     status_code=204,
     tags=_TAGS,
-    responses=RS.responses(204),
+    responses=RS.responses(204, precondition=True),
 )
 async def delete_rule(request: Request, rule_id: str) -> Response:
     s = _services(request)
     rid = _rule_id(rule_id)
+    tags = _if_match(request)
 
     async def work(conn: asyncpg.Connection) -> tuple[str, int]:
         prior = await store.latest(conn, rid)
         if prior is None or prior.deleted:
             raise NotFoundError(f"no rule {rid}")
+        _check_version(rid, tags, prior.version)
         spec = RuleSpec(
             rid, prior.action, prior.priority, prior.mode, prior.expression, prior.description
         )

@@ -4,9 +4,10 @@ schema fuzz test. As for scoring, the routes validate by hand
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
 
 from sankofa.api.schemas import problem_responses
 from sankofa.rules.expr import MAX_EXPRESSION_CHARS
@@ -28,6 +29,24 @@ class RuleIn(BaseModel):
         examples=['type == "pix" and amount > 1000 and is_night'],
     )
     description: str = Field(default="", max_length=MAX_DESCRIPTION_CHARS)
+
+
+class RuleUpdate(BaseModel):
+    """PUT: every field optional; a field left out keeps the latest version's value
+    (null is not "left out": the schema does not admit it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: Annotated[str, Field(pattern=_RULE_ID)] | SkipJsonSchema[None] = Field(
+        default=None, description="If given, the path's."
+    )
+    action: Literal["decline", "review", "step_up", "allow"] | SkipJsonSchema[None] = None
+    priority: Annotated[int, Field(ge=0, le=MAX_PRIORITY)] | SkipJsonSchema[None] = None
+    mode: Literal["active", "shadow"] | SkipJsonSchema[None] = None
+    expression: Annotated[str, Field(max_length=MAX_EXPRESSION_CHARS)] | SkipJsonSchema[None] = None
+    description: Annotated[str, Field(max_length=MAX_DESCRIPTION_CHARS)] | SkipJsonSchema[None] = (
+        None
+    )
 
 
 class ListEntryIn(BaseModel):
@@ -70,15 +89,17 @@ def body(model: type[BaseModel]) -> dict[str, Any]:
 _JSON = {"application/json": {"schema": {"type": "object"}}}
 
 
-def responses(*success: int) -> dict[int | str, dict[str, Any]]:
-    """The success codes given, then every problem a route of this API can answer."""
+def responses(*success: int, precondition: bool = False) -> dict[int | str, dict[str, Any]]:
+    """The success codes given, then every problem a route of this API can answer
+    (412 too where the route takes ``If-Match``)."""
     out: dict[int | str, dict[str, Any]] = {}
     for code in success:
         if code == 204:
             out[code] = {"description": "Done; no content"}
         else:
             out[code] = {"description": "OK" if code == 200 else "Created", "content": _JSON}
-    problems = problem_responses(400, 404, 408, 409, 413, 415, 422, 431, 503)
+    codes = (400, 404, 408, 409, *((412,) if precondition else ()), 413, 415, 422, 431, 503)
+    problems = problem_responses(*codes)
     out.update(problems)
     out[409] = {**problems[409], "description": "Rule id taken, or changed meanwhile"}
     return out

@@ -218,6 +218,7 @@ _PROBLEM_DESCRIPTIONS: dict[int, str] = {
     404: "Not found",
     408: "The body did not arrive in time (SANKOFA_BODY_TIMEOUT_S, 10 s by default)",
     409: "Transaction id already used with other content",
+    412: "If-Match names a version that is no longer the latest",
     413: "Body too large",
     415: "Wrong media type, a charset other than UTF-8, or a Content-Encoding",
     422: "Invalid field or header (which, and why)",
