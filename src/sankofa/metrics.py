@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from prometheus_client import (
@@ -152,6 +152,15 @@ class Metrics:
         self.decisions = Counter(
             "sankofa_decisions", "Decisions made (replays excluded)", ["decision"], registry=r
         )
+        self.rule_hits = Counter(
+            "sankofa_rule_hits",
+            "Transactions a rule matched as they were judged (resubmitted ids are not"
+            " judged again), by rule id and mode; outcome 'decided' counts the matches the"
+            " rule itself decided (no hot list, limit, allow list or earlier rule came"
+            " first), 'matched' every match",
+            ["rule", "mode", "outcome"],
+            registry=r,
+        )
         self.batches = Counter("sankofa_batches", "Batches run", registry=r)
         self.redis_round_trips = Counter(
             "sankofa_redis_round_trips",
@@ -252,6 +261,14 @@ class Metrics:
         for name, n in decisions.items():
             if n:
                 self._decision[name].inc(n)
+
+    def observe_rules(self, counts: Sequence[tuple[str, str, int, int]]) -> None:
+        """Per rule of a batch: (id, mode, rows matched, rows it decided)."""
+        for rule_id, mode, matched, decided in counts:
+            if matched:
+                self.rule_hits.labels(rule_id, mode, "matched").inc(matched)
+            if decided:
+                self.rule_hits.labels(rule_id, mode, "decided").inc(decided)
 
     def replica_fallback(self, reason: str) -> None:
         self._fallback[reason].inc()

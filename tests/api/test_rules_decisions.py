@@ -259,21 +259,20 @@ async def test_night_pix_limit_at_its_boundaries(
     assert "LIMIT_NIGHT_PIX" not in card["reasons"]
 
 
+def night(day: int) -> str:
+    """22:00 in Sao Paulo on June ``day`` 2023: a night of its own per check."""
+    return f"2023-06-{day:02d}T22:00:00-03:00"
+
+
 async def test_a_customers_own_limits(api: httpx.AsyncClient) -> None:
-    night = "2023-06-01T22:00:00-03:00"
     await api.put("/v1/limits/customers/cust-1", json={"night_pix_limit": "5000.00"})
-    at_limit = await score(api, 10, type="pix", timestamp=night, amount="5000.00")
+    at_limit = await score(api, 10, type="pix", timestamp=night(1), amount="5000.00")
     assert "LIMIT_NIGHT_PIX" not in at_limit["reasons"]
-    assert (
-        "LIMIT_NIGHT_PIX"
-        not in (await score(api, 1, type="pix", timestamp=night, amount="4000.00"))["reasons"]
-    )
-    assert (await score(api, 2, type="pix", timestamp=night, amount="5000.01"))["reasons"][
-        0
-    ] == "LIMIT_NIGHT_PIX"
+    over = await score(api, 2, type="pix", timestamp=night(2), amount="5000.01")
+    assert over["reasons"][0] == "LIMIT_NIGHT_PIX"
     # Another customer keeps the default.
     assert (
-        await score(api, 3, type="pix", timestamp=night, amount="1500.00", customer_id="cust-2")
+        await score(api, 3, type="pix", timestamp=night(3), amount="1500.00", customer_id="cust-2")
     )["reasons"][0] == "LIMIT_NIGHT_PIX"
     # No night limit (a company), but a cap on every transaction.
     await api.put(
@@ -281,19 +280,75 @@ async def test_a_customers_own_limits(api: httpx.AsyncClient) -> None:
     )
     assert (
         "LIMIT_NIGHT_PIX"
-        not in (await score(api, 4, type="pix", timestamp=night, amount="15000.00"))["reasons"]
+        not in (await score(api, 4, type="pix", timestamp=night(4), amount="15000.00"))["reasons"]
     )
     d = await score(api, 5, type="card", amount="20000.01")
     assert d["decision"] == "decline" and d["reasons"][0] == "LIMIT_MAX_AMOUNT"
     # The limit is a regulation: the allow list does not lift it.
     await api.post("/v1/lists/allow/customers", json={"value": "cust-2", "reason": "vip"})
     assert (
-        await score(api, 6, type="pix", timestamp=night, amount="1500.00", customer_id="cust-2")
+        await score(api, 6, type="pix", timestamp=night(6), amount="1500.00", customer_id="cust-2")
     )["reasons"][0] == "LIMIT_NIGHT_PIX"
     await api.delete("/v1/limits/customers/cust-1")
-    assert (await score(api, 7, type="pix", timestamp=night, amount="1500.00"))["reasons"][
+    assert (await score(api, 7, type="pix", timestamp=night(7), amount="1500.00"))["reasons"][
         0
     ] == "LIMIT_NIGHT_PIX"
+
+
+async def test_the_night_pix_limit_is_a_total_per_night(
+    client: httpx.AsyncClient, db: asyncpg.Connection, services: Any
+) -> None:
+    """BACEN keeps the night limit per period since 2023: R$ 1,000 in one PIX or in
+    several. What was stored (and not declined) that night counts, across requests
+    and within one batch, in event-time order; an allow rule does not lift it."""
+    api = client
+    await add_rule(api, "ok", "allow", "amount > 0")
+    a = await score(api, 1, type="pix", timestamp="2023-06-01T21:00:00-03:00", amount="600.00")
+    assert a["decision"] == "approve" and a["reasons"][0] == "RULE:ok"
+    b = await score(api, 2, type="pix", timestamp="2023-06-01T23:00:00-03:00", amount="400.00")
+    assert b["decision"] == "approve"  # 1,000.00: at the limit, not above it
+    c = await score(api, 3, type="pix", timestamp="2023-06-02T05:59:00-03:00", amount="0.01")
+    assert c["decision"] == "decline" and c["reasons"][0] == "LIMIT_NIGHT_PIX"
+    # Declined, it took nothing; a card payment is not a PIX; day is not night.
+    for i, kind, when in (
+        (4, "card", "2023-06-02T05:59:30-03:00"),
+        (5, "pix", "2023-06-02T06:00:00-03:00"),
+    ):
+        d = await score(api, i, type=kind, timestamp=when, amount="0.01")
+        assert d["decision"] == "approve", (kind, when)
+    # Another night starts again. In one batch sent latest first, the earlier PIX
+    # takes the budget; one of another customer does not share it.
+    body = {
+        "transactions": [
+            tx(6, type="pix", timestamp="2023-06-02T23:00:00-03:00", amount="700.00"),
+            tx(7, type="pix", timestamp="2023-06-02T21:00:00-03:00", amount="700.00"),
+            tx(
+                8,
+                type="pix",
+                timestamp="2023-06-02T23:30:00-03:00",
+                amount="700.00",
+                customer_id="cust-2",
+            ),
+        ]
+    }
+    reads = services.rules.night.reads
+    r = await api.post("/v1/transactions/batch", json=body)
+    assert r.status_code == 200, r.text
+    assert [x["decision"] for x in r.json()["results"]] == ["decline", "approve", "approve"]
+    assert services.rules.night.reads == reads + 1  # one read for the batch
+    stored = await db.fetch(
+        "SELECT transaction_id, decision FROM transactions ORDER BY transaction_id"
+    )
+    assert [(x["transaction_id"], x["decision"]) for x in stored] == [
+        ("tx-1", "approve"),
+        ("tx-2", "approve"),
+        ("tx-3", "decline"),
+        ("tx-4", "approve"),
+        ("tx-5", "approve"),
+        ("tx-6", "decline"),
+        ("tx-7", "approve"),
+        ("tx-8", "approve"),
+    ]
 
 
 async def test_lists_and_limits_are_one_read_per_batch(
@@ -359,3 +414,39 @@ async def test_a_list_change_reaches_another_instance_within_a_second(
             i += 1
             await asyncio.sleep(0.02)
         assert d["decision"] == "decline"
+
+
+def _rule_series(text: str, rule_id: str) -> dict[tuple[str, str], float]:
+    out: dict[tuple[str, str], float] = {}
+    for line in text.splitlines():
+        if line.startswith("sankofa_rule_hits_total{") and f'rule="{rule_id}"' in line:
+            labels, _, value = line.rpartition(" ")
+            mode = labels.split('mode="', 1)[1].split('"', 1)[0]
+            outcome = labels.split('outcome="', 1)[1].split('"', 1)[0]
+            out[(mode, outcome)] = float(value)
+    return out
+
+
+async def test_metrics_count_each_rules_matches_and_decisions(api: httpx.AsyncClient) -> None:
+    """Per rule: every match, and the matches it decided itself (an earlier rule or
+    the hot list can take a row it matched); shadow rules count matches only."""
+    await add_rule(api, "first", "review", "amount > 100", priority=1)
+    await add_rule(api, "second", "decline", "amount > 50", priority=2)
+    await add_rule(api, "watch", "decline", "amount > 10", mode="shadow")
+    await api.post("/v1/lists/hot/terminals", json={"value": "term-hot", "reason": "skimmer"})
+    body = {
+        "transactions": [
+            tx(1, amount="200.00"),  # first and second match; first decides
+            tx(2, amount="60.00"),  # second only
+            tx(3, amount="70.00", terminal_id="term-hot"),  # second matches, hot list decides
+            tx(4, amount="5.00"),  # nothing
+        ]
+    }
+    r = await api.post("/v1/transactions/batch", json=body)
+    assert r.status_code == 200, r.text
+    # Sent again: stored already, not judged again, not counted again.
+    assert (await api.post("/v1/transactions/batch", json=body)).status_code == 200
+    text = (await api.get("/metrics")).text
+    assert _rule_series(text, "first") == {("active", "matched"): 1, ("active", "decided"): 1}
+    assert _rule_series(text, "second") == {("active", "matched"): 3, ("active", "decided"): 1}
+    assert _rule_series(text, "watch") == {("shadow", "matched"): 3}

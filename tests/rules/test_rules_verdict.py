@@ -12,6 +12,7 @@ from sankofa.engine.feature_names import N_SERVED_FEATURES
 from sankofa.engine.transaction import Transaction, TransactionParser
 from sankofa.rules.book import Entity, Limits, ListHit, build_ruleset, entity_key
 from sankofa.rules.model import Rule
+from sankofa.rules.night import night_window
 from sankofa.rules.verdict import LimitPolicy, RulesEngine, batch_keys
 
 PARSER = TransactionParser(hmac_key=b"unit-test-key-0123456789", max_metadata_bytes=2048)
@@ -144,3 +145,70 @@ def test_night_window(hours: tuple[int, int], night: list[bool]) -> None:
         "2023-06-01T19:59:59-03:00",
     ]
     assert [p.is_night(make_tx(0, timestamp=ts).timestamp) for ts in times] == night
+
+
+@pytest.mark.parametrize(
+    "when, window",
+    [
+        # After 20:00: that evening to the next morning.
+        ("2023-06-01T21:30:00-03:00", ("2023-06-01T23:00:00Z", "2023-06-02T09:00:00Z")),
+        # Before 06:00: the night that began the evening before.
+        ("2023-06-02T05:59:59-03:00", ("2023-06-01T23:00:00Z", "2023-06-02T09:00:00Z")),
+        ("2023-06-02T06:00:00-03:00", None),
+        ("2023-06-01T19:59:59-03:00", None),
+        # Given in UTC: the local hour decides.
+        ("2023-06-02T08:30:00Z", ("2023-06-01T23:00:00Z", "2023-06-02T09:00:00Z")),
+        # Sao Paulo's summer time began at 00:00 on 4 November 2018: that night
+        # lasted 9 hours (20:00 -03:00 to 06:00 -02:00).
+        ("2018-11-04T02:00:00-02:00", ("2018-11-03T23:00:00Z", "2018-11-04T08:00:00Z")),
+        # ... and ended at 00:00 on 17 February 2019: an 11-hour night.
+        ("2019-02-17T03:00:00-03:00", ("2019-02-16T22:00:00Z", "2019-02-17T09:00:00Z")),
+    ],
+)
+def test_the_night_a_transaction_falls_in(when: str, window: tuple[str, str] | None) -> None:
+    got = night_window(datetime.fromisoformat(when), POLICY)
+    if window is None:
+        assert got is None
+    else:
+        assert got == tuple(datetime.fromisoformat(w) for w in window)
+
+
+def test_the_night_limit_is_a_total_per_customer_and_night() -> None:
+    """R$ 1,000 a night: the stored PIX of the night count, then the batch's own in
+    event-time order (not the order sent); a declined PIX takes nothing; a card
+    payment is not a PIX; another night or another customer starts again."""
+    n1, n2 = "2023-06-01T21:00:00-03:00", "2023-06-01T23:00:00-03:00"
+    txs = [
+        make_tx(1, customer_id="a", type="pix", amount="500.00", timestamp=n2),
+        make_tx(2, customer_id="a", type="pix", amount="600.00", timestamp=n1),
+        make_tx(3, customer_id="a", type="pix", amount="5000.00", timestamp=n1),  # declined
+        make_tx(4, customer_id="a", type="card", amount="900.00", timestamp=n1),
+        make_tx(
+            5, customer_id="a", type="pix", amount="400.00", timestamp="2023-06-02T05:00:00-03:00"
+        ),
+        make_tx(
+            6, customer_id="a", type="pix", amount="999.00", timestamp="2023-06-02T21:00:00-03:00"
+        ),
+        make_tx(7, customer_id="b", type="pix", amount="1000.00", timestamp=n2),
+    ]
+    decision, reasons, _ = judge(txs, [])
+    # 600 (21:00) then the 5,000 refused, then 400 at 05:00 reaches 1,000 exactly;
+    # the 500 at 23:00 would have taken it to 1,100.
+    assert decision == ["decline", "approve", "decline", "approve", "approve", "approve", "approve"]
+    assert reasons[0][0] == reasons[2][0] == "LIMIT_NIGHT_PIX"
+    # With R$ 200 stored for customer a that night, the 400 at 05:00 is over too.
+    first = night_window(datetime.fromisoformat(n1), POLICY)
+    assert first is not None
+    engine = RulesEngine(book=None, entities=None, limits=POLICY)  # type: ignore[arg-type]
+    d = ["approve"] * len(txs)
+    r = [["AMOUNT"] for _ in txs]
+    engine.judge(
+        txs,
+        np.zeros((len(txs), N_SERVED_FEATURES)),
+        {},
+        d,
+        r,
+        ruleset=build_ruleset(1, []),
+        night_spent={(txs[0].customer_ref, first[0]): 20_000},
+    )
+    assert d == ["decline", "approve", "decline", "approve", "decline", "approve", "approve"]

@@ -51,6 +51,7 @@ from sankofa.queues.priority import Priority, parse_x_priority
 from sankofa.queues.shedding import LoadShedder
 from sankofa.rules import cached as cached_entities
 from sankofa.rules.book import EntitySource, RuleBook
+from sankofa.rules.night import NightPixLedger
 from sankofa.rules.verdict import LimitPolicy, RulesEngine
 from sankofa.settings import Settings
 from sankofa.store.db import create_pool, migrate
@@ -288,6 +289,7 @@ async def _open_rules(
             night_end_hour=settings.night_end_hour,
             timezone=ZoneInfo(settings.limits_timezone),
         ),
+        night=NightPixLedger(pool=pool, timeout_s=settings.db_timeout_s),
         wall_clock=wall_clock,
     )
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -54,8 +54,7 @@ from sankofa.errors import (
 from sankofa.metrics import Metrics
 from sankofa.queues.dispatcher import Job
 from sankofa.queues.priority import Priority
-from sankofa.rules.book import Entity
-from sankofa.rules.verdict import RulesEngine
+from sankofa.rules.verdict import RULE_REASON_PREFIX, Prepared, RulesEngine
 from sankofa.store import repository as repo
 from sankofa.store.db import discard_on_failure
 
@@ -217,7 +216,7 @@ class ScoringEngine:
         # late 200 nobody waits for.
         loop = asyncio.get_running_loop()
         budget_s = min(self._db_timeout_s, min(job.deadline for job in jobs) - loop.time())
-        lists_read: asyncio.Task[dict[str, Entity]] | None = None
+        lists_read: asyncio.Task[Prepared] | None = None
         try:
             async with asyncio.timeout(max(budget_s, 0.0)):
                 if self._rules is not None and new_txs:
@@ -251,9 +250,9 @@ class ScoringEngine:
                     # looked up in the database), and a rebuild must add them.
                     flags = np.zeros(len(new_txs), dtype=np.int64)
                     matrix = degraded_matrix(new_txs)
-                entities = await lists_read if lists_read is not None else {}
+                prepared = await lists_read if lists_read is not None else None
                 records, outs = self._decide(
-                    jobs, new_txs, new_job, matrix, started, degraded=degraded, entities=entities
+                    jobs, new_txs, new_job, matrix, started, degraded=degraded, prepared=prepared
                 )
                 async with (
                     self._pool.acquire() as conn,
@@ -328,6 +327,10 @@ class ScoringEngine:
             raise
         if guard is not None and not counting and any(keep):
             guard.scored_without_redis()
+        if self._metrics is not None and self._rules is not None:
+            counts = _rule_counts(r for r, k in zip(records, keep, strict=True) if k)
+            if counts:
+                self._metrics.observe_rules(counts)
         if degraded and self._metrics is not None:
             self._metrics.degraded_decisions.inc(sum(keep))
         assert flags is not None or not new_txs
@@ -451,7 +454,7 @@ class ScoringEngine:
         started: float,
         *,
         degraded: bool = False,
-        entities: dict[str, Entity] | None = None,
+        prepared: Prepared | None = None,
     ) -> tuple[list[repo.Record], list[DecisionOut]]:
         """Rows to store and answers to give, built together in one pass."""
         if not txs:
@@ -465,7 +468,14 @@ class ScoringEngine:
         rule_hits: list[list[str] | None] = [None] * n
         shadow_hits: list[list[str] | None] = [None] * n
         if self._rules is not None:
-            judged = self._rules.judge(txs, x, entities or {}, d.decision, d.reasons)
+            judged = self._rules.judge(
+                txs,
+                x,
+                prepared.entities if prepared is not None else {},
+                d.decision,
+                d.reasons,
+                night_spent=prepared.night_spent if prepared is not None else None,
+            )
             rule_hits, shadow_hits = judged.rule_hits, judged.shadow_hits
         shadow_scores, shadow_decisions, shadow_version = self._shadow_decide(x)
         processing_ms = round((self._now() - started) * 1000.0, 3)
@@ -642,3 +652,30 @@ def stored_out(s: repo.StoredDecision) -> DecisionOut:
         "processing_ms": round(s.processing_ms, 3),
         "batch_size": s.batch_size,
     }
+
+
+_RECORD_REASONS: Final = repo.COLUMNS.index("reasons")
+_RECORD_RULE_HITS: Final = repo.COLUMNS.index("rule_hits")
+_RECORD_SHADOW_HITS: Final = repo.COLUMNS.index("shadow_rule_hits")
+
+
+def _rule_counts(records: Iterable[repo.Record]) -> list[tuple[str, str, int, int]]:
+    """Per rule, of the rows stored: (id, mode, rows matched, rows it decided). A
+    row's active hits are ``id@version`` tags; the rule that decided it is its
+    first reason (``RULE:<id>``), as ``RulesEngine.judge`` puts it there."""
+    matched: dict[tuple[str, str], int] = {}
+    decided: dict[tuple[str, str], int] = {}
+    for r in records:
+        hits, s_hits = r[_RECORD_RULE_HITS], r[_RECORD_SHADOW_HITS]
+        if hits:
+            first = r[_RECORD_REASONS][0] if r[_RECORD_REASONS] else ""
+            for tag in hits:
+                key = (tag.rpartition("@")[0], "active")
+                matched[key] = matched.get(key, 0) + 1
+                if first == RULE_REASON_PREFIX + key[0]:
+                    decided[key] = decided.get(key, 0) + 1
+        if s_hits:
+            for tag in s_hits:
+                key = (tag.rpartition("@")[0], "shadow")
+                matched[key] = matched.get(key, 0) + 1
+    return [(rid, mode, n, decided.get((rid, mode), 0)) for (rid, mode), n in matched.items()]

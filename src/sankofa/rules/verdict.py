@@ -6,10 +6,12 @@ score, risk level and reasons are always kept and follow the deciding reason):
 1. **Hot list** (customer, terminal, device, IP; unexpired): ``decline``,
    ``HOT_LIST_<KIND>``. Before the allow list: a compromised terminal or a
    stolen device is declined even for a customer on the allow list.
-2. **Limits** of the customer: the BACEN night-time PIX limit (a PIX above it
-   between ``night_start_hour`` and ``night_end_hour`` in ``timezone``, the
-   transaction's own instant converted with zoneinfo), and the customer's cap
-   on any transaction: ``decline``, ``LIMIT_NIGHT_PIX`` / ``LIMIT_MAX_AMOUNT``.
+2. **Limits** of the customer: the BACEN night-time PIX limit, a total per
+   night (a PIX that would take the customer's PIX of that night, between
+   ``night_start_hour`` and ``night_end_hour`` in ``timezone``, above it; the
+   stored ones not declined and the batch's own earlier ones count:
+   ``rules.night``), and the customer's cap on any transaction: ``decline``,
+   ``LIMIT_NIGHT_PIX`` / ``LIMIT_MAX_AMOUNT``.
    Before the allow list, since the limit is a regulation, not a fraud judgement.
 3. **Allow list** (unexpired): ``approve``, ``ALLOW_LIST_<KIND>``.
 4. **Active rules** by priority (lowest number first, ties by id): the first
@@ -23,10 +25,11 @@ the matching ones are stored with the decision (``rule_hits``,
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final
 from zoneinfo import ZoneInfo
@@ -38,6 +41,7 @@ from sankofa.engine.transaction import Transaction
 from sankofa.rules.book import Entity, EntityLoader, Limits, RuleBook, RuleSet, entity_key
 from sankofa.rules.fields import Columns, live_columns
 from sankofa.rules.model import ACTION_DECISION, CompiledRule
+from sankofa.rules.night import NightKey, NightPixLedger, night_keys, night_window
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +68,11 @@ class LimitPolicy:
         for name in ("night_start_hour", "night_end_hour"):
             if not 0 <= getattr(self, name) <= 23:
                 raise ValueError(f"{name} must be 0..23")
+
+    def night_of(self, when: datetime) -> datetime | None:
+        """The first instant (UTC) of the night ``when`` is in; None by day."""
+        w = night_window(when, self)
+        return None if w is None else w[0]
 
     def is_night(self, when: datetime) -> bool:
         hour = when.astimezone(self.timezone).hour
@@ -114,6 +123,15 @@ def _hits(
 
 
 @dataclass(slots=True)
+class Prepared:
+    """What ``RulesEngine.prepare`` read for a batch."""
+
+    entities: dict[str, Entity] = field(default_factory=dict)
+    #: Cents of PIX already moved per (customer, night), stored and not declined.
+    night_spent: dict[NightKey, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
 class Judged:
     rule_hits: list[list[str] | None]
     shadow_hits: list[list[str] | None]
@@ -128,11 +146,13 @@ class RulesEngine:
         book: RuleBook,
         entities: EntityLoader,
         limits: LimitPolicy,
+        night: NightPixLedger | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.book = book
         self.entities = entities
         self.limits = limits
+        self.night = night
         self._wall_clock = wall_clock
 
     def wall_clock(self) -> float:
@@ -150,11 +170,19 @@ class RulesEngine:
         except Exception as exc:  # the write is committed; a cache failure is not the client's
             log.warning("cache invalidation of %d keys failed (%s)", len(keys), type(exc).__name__)
 
-    async def prepare(self, txs: Sequence[Transaction]) -> dict[str, Entity]:
-        """One batched read of the lists and limits of the batch."""
+    async def prepare(self, txs: Sequence[Transaction]) -> Prepared:
+        """One batched read of the lists and limits of the batch, and, beside it
+        when the batch holds a night PIX, one of what those customers moved that
+        night (never cached: every stored PIX changes it)."""
         if not txs:
-            return {}
-        return await self.entities.load_many(batch_keys(txs))
+            return Prepared()
+        keys = night_keys(txs, self.limits) if self.night is not None else {}
+        if not keys or self.night is None:
+            return Prepared(await self.entities.load_many(batch_keys(txs)))
+        async with asyncio.TaskGroup() as tg:
+            entities = tg.create_task(self.entities.load_many(batch_keys(txs)))
+            spent = tg.create_task(self.night.spent(keys))
+        return Prepared(entities.result(), spent.result())
 
     def judge(
         self,
@@ -165,8 +193,12 @@ class RulesEngine:
         reasons: list[list[str]],
         *,
         ruleset: RuleSet | None = None,
+        night_spent: Mapping[NightKey, int] | None = None,
     ) -> Judged:
-        """Change ``decision`` and ``reasons`` in place by the precedence above."""
+        """Change ``decision`` and ``reasons`` in place by the precedence above.
+
+        ``night_spent``: what ``prepare`` read of the customers' nights (None:
+        nothing stored counts, only the batch's own earlier PIX)."""
         n = len(txs)
         rs = ruleset if ruleset is not None else self.book.current
         active_hits: list[list[str] | None] = [None] * n
@@ -183,21 +215,27 @@ class RulesEngine:
             if rs.shadow:
                 shadow_hits = _hits(rs.shadow, rule_masks(rs.shadow, cols), n)
         now_s = self._wall_clock()
-        # Only rows something can change are visited: a rule hit, a PIX above the
-        # default night limit, or an entry (list or own limits) on one of its keys.
+        # Only rows something can change are visited: a rule hit, a night PIX, or
+        # an entry (list or own limits) on one of its keys.
         by_kind: dict[str, dict[str, Entity]] = {k: {} for k in _KINDS}
         for key, e in entities.items():
             kind, _, ref = key.partition(":")
             if kind in by_kind:
                 by_kind[kind][ref] = e
         cust, term, dev, ips = (by_kind[k] for k in _KINDS)
-        default = self.limits.night_pix_limit_cents
+        # Every night PIX: the night's total may be reached by small ones.
+        night: dict[int, datetime] = {}
+        for i, t in enumerate(txs):
+            if t.type == "pix":
+                first = self.limits.night_of(t.timestamp)
+                if first is not None:
+                    night[i] = first
         hit_rows = (deciding >= 0).tolist()
         rows = [
             i
             for i, t in enumerate(txs)
             if hit_rows[i]
-            or (t.type == "pix" and t.amount_cents > default)
+            or i in night
             or (
                 entities
                 and (
@@ -208,61 +246,90 @@ class RulesEngine:
                 )
             )
         ]
+        if night:
+            # The earlier PIX of a night takes the budget first, whatever the
+            # order the batch was sent in.
+            rows.sort(key=lambda i: txs[i].timestamp)
+        spent_before = night_spent or {}
+        running: dict[NightKey, int] = {}
         for i in rows:
             t = txs[i]
-            hot: list[str] = []
-            allow: list[str] = []
-            limits: Limits | None = None
-            if entities:
-                found = (
-                    cust.get(t.customer_ref),
-                    term.get(t.terminal_id),
-                    None if t.device_ref is None else dev.get(t.device_ref),
-                    None if t.ip_ref is None else ips.get(t.ip_ref),
-                )
-                for kind, entry in zip(_KINDS, found, strict=True):
-                    if entry is None:
-                        continue
-                    if entry.hot is not None and entry.hot.live(now_s):
-                        hot.append(_HOT[kind])
-                    if entry.allow is not None and entry.allow.live(now_s):
-                        allow.append(_ALLOW[kind])
-                    if kind == "customer":
-                        limits = entry.limits
-            if hot:
-                decision[i] = "decline"
-                reasons[i][:0] = hot
-                continue
-            over = self._over_limit(t, limits)
-            if over is not None:
-                decision[i] = "decline"
-                reasons[i].insert(0, over)
-                continue
-            if allow:
-                decision[i] = "approve"
-                reasons[i][:0] = allow
-                continue
-            k = int(deciding[i])
-            if k >= 0:
-                rule = rs.active[k].rule
-                decision[i] = ACTION_DECISION[rule.action]
-                reasons[i].insert(0, RULE_REASON_PREFIX + rule.rule_id)
+            first = night.get(i)
+            nkey = None if first is None else (t.customer_ref, first)
+            spent = 0 if nkey is None else spent_before.get(nkey, 0) + running.get(nkey, 0)
+            self._decide_row(
+                i, t, rs, deciding, now_s, by_kind, decision, reasons, night_spent=spent,
+                is_night=nkey is not None,
+            )  # fmt: skip
+            if nkey is not None and decision[i] != "decline":
+                # A night PIX left standing takes its part of the night's limit.
+                running[nkey] = running.get(nkey, 0) + t.amount_cents
         return Judged(active_hits, shadow_hits)
 
-    def _over_limit(self, t: Transaction, limits: Limits | None) -> str | None:
-        lim = self.limits
+    def _decide_row(
+        self,
+        i: int,
+        t: Transaction,
+        rs: RuleSet,
+        deciding: npt.NDArray[np.int64],
+        now_s: float,
+        by_kind: dict[str, dict[str, Entity]],
+        decision: list[str],
+        reasons: list[list[str]],
+        *,
+        night_spent: int,
+        is_night: bool,
+    ) -> None:
+        """One row by the precedence above; the first that applies decides."""
+        hot: list[str] = []
+        allow: list[str] = []
+        limits: Limits | None = None
+        found = (
+            by_kind["customer"].get(t.customer_ref),
+            by_kind["terminal"].get(t.terminal_id),
+            None if t.device_ref is None else by_kind["device"].get(t.device_ref),
+            None if t.ip_ref is None else by_kind["ip"].get(t.ip_ref),
+        )
+        for kind, entry in zip(_KINDS, found, strict=True):
+            if entry is None:
+                continue
+            if entry.hot is not None and entry.hot.live(now_s):
+                hot.append(_HOT[kind])
+            if entry.allow is not None and entry.allow.live(now_s):
+                allow.append(_ALLOW[kind])
+            if kind == "customer":
+                limits = entry.limits
+        if hot:
+            decision[i] = "decline"
+            reasons[i][:0] = hot
+            return
+        over = self._over_limit(t, limits, night_spent=night_spent, is_night=is_night)
+        if over is not None:
+            decision[i] = "decline"
+            reasons[i].insert(0, over)
+            return
+        if allow:
+            decision[i] = "approve"
+            reasons[i][:0] = allow
+            return
+        k = int(deciding[i])
+        if k >= 0:
+            rule = rs.active[k].rule
+            decision[i] = ACTION_DECISION[rule.action]
+            reasons[i].insert(0, RULE_REASON_PREFIX + rule.rule_id)
+
+    def _over_limit(
+        self, t: Transaction, limits: Limits | None, *, night_spent: int, is_night: bool
+    ) -> str | None:
+        """The limit a transaction breaks, if any. ``is_night``: a PIX in the
+        night; ``night_spent``: the cents its customer already moved that night."""
         cap: int | None = None
-        night: int | None = lim.night_pix_limit_cents
+        night: int | None = self.limits.night_pix_limit_cents
         if limits is not None:
             cap = limits.max_amount_cents
             night = limits.night_pix_limit_cents
         if cap is not None and t.amount_cents > cap:
             return REASON_LIMIT_MAX_AMOUNT
-        if (
-            night is not None
-            and t.type == "pix"
-            and t.amount_cents > night
-            and lim.is_night(t.timestamp)
-        ):
+        if night is not None and is_night and night_spent + t.amount_cents > night:
             return REASON_LIMIT_NIGHT_PIX
         return None

@@ -1,0 +1,104 @@
+"""What a customer already moved by PIX in a night: the BACEN limit is per night.
+
+Since January 2023 BACEN keeps PIX limits per period, not per transaction: an
+individual's night limit (R$ 1,000 by default, 20:00-06:00 local time) may be
+moved in one PIX or in several. So judging a night PIX needs the customer's
+night so far: the sum of their stored PIX of that night that were not declined
+(a review or a step-up may still go through, so they count; the limit is a
+regulation and errs on the safe side). ``NightPixLedger.spent`` reads those
+sums for a whole batch in one statement, served by the partial index of
+migration 0006; ``RulesEngine.judge`` adds the batch's own earlier PIX, in
+event-time order, so two PIX of one customer in one batch share one budget.
+
+Not covered: two batches in flight at the same moment, each holding a night PIX
+of the same customer, read the same stored sum and do not see each other (the
+window is one batch's scoring time, a few milliseconds). Closing it would take a
+lock per customer across the read and the write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Final
+
+import asyncpg
+
+from sankofa.engine.transaction import Transaction
+
+if TYPE_CHECKING:
+    from sankofa.rules.verdict import LimitPolicy
+
+#: (customer_ref, the night's first instant in UTC).
+NightKey = tuple[str, datetime]
+
+_SPENT: Final = """
+SELECT q.ref, q.lo, sum(t.amount_cents)::bigint AS cents
+FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[]) AS q(ref, lo, hi)
+JOIN transactions t
+  ON t.customer_ref = q.ref AND t.event_time >= q.lo AND t.event_time < q.hi
+WHERE t.tx_type = 'pix' AND t.decision <> 'decline'
+GROUP BY q.ref, q.lo
+"""
+
+
+def night_window(when: datetime, policy: LimitPolicy) -> tuple[datetime, datetime] | None:
+    """The night (first instant, end) in UTC that ``when`` falls in, or None by day.
+
+    Local wall-clock hours in ``policy.timezone`` (zoneinfo: the offsets in force
+    on that date, DST included), so a night may last 9, 10 or 11 hours."""
+    tz = policy.timezone
+    local = when.astimezone(tz)
+    start, end = policy.night_start_hour, policy.night_end_hour
+    day = local.date()
+    if start > end:  # across midnight, the usual case (20:00-06:00)
+        if local.hour >= start:
+            first = day
+        elif local.hour < end:
+            first = day - timedelta(days=1)
+        else:
+            return None
+        last = first + timedelta(days=1)
+    elif start <= local.hour < end:
+        first = last = day
+    else:
+        return None
+    lo = datetime(first.year, first.month, first.day, start, tzinfo=tz).astimezone(UTC)
+    hi = datetime(last.year, last.month, last.day, end, tzinfo=tz).astimezone(UTC)
+    return lo, hi
+
+
+def night_keys(txs: Sequence[Transaction], policy: LimitPolicy) -> dict[NightKey, datetime]:
+    """Every (customer, night) of a batch's night PIX, with that night's end."""
+    out: dict[NightKey, datetime] = {}
+    for t in txs:
+        if t.type == "pix":
+            w = night_window(t.timestamp, policy)
+            if w is not None:
+                out[(t.customer_ref, w[0])] = w[1]
+    return out
+
+
+class NightPixLedger:
+    """The stored night PIX sums, from the primary (a replica may lag behind)."""
+
+    def __init__(self, *, pool: asyncpg.Pool, timeout_s: float) -> None:
+        if not timeout_s > 0:
+            raise ValueError("timeout_s must be > 0")
+        self._pool = pool
+        self._timeout_s = timeout_s
+        #: Statements run (tests count them).
+        self.reads = 0
+
+    async def spent(self, keys: dict[NightKey, datetime]) -> dict[NightKey, int]:
+        """Cents moved so far in each (customer, night); absent means nothing."""
+        if not keys:
+            return {}
+        self.reads += 1
+        refs = [k[0] for k in keys]
+        los = [k[1] for k in keys]
+        his = list(keys.values())
+        async with asyncio.timeout(self._timeout_s), self._pool.acquire() as conn:
+            rows = await conn.fetch(_SPENT, refs, los, his)
+        return {(r["ref"], r["lo"]): int(r["cents"]) for r in rows}
