@@ -94,6 +94,69 @@ def test_signal_must_hold_on_every_sample_for_the_sustain_time() -> None:
     assert shedder.refuses(Priority.LOW) == "in_progress"
 
 
+LIMITS = {Priority.CRITICAL: None, Priority.HIGH: 96, Priority.NORMAL: 48, Priority.LOW: 24}
+
+
+def test_a_stalls_backlog_being_worked_off_is_not_overload() -> None:
+    """After a 200 ms stall at 70 % of capacity the requests in progress jump and
+    then fall for longer than the sustain: a backlog being served in time, not
+    overload. Refusing it was the soak's 0.058 %."""
+    clock = [100.0]
+    shedder = LoadShedder(
+        thresholds_s=THRESHOLDS,
+        in_progress_limits=LIMITS,
+        sustain_s=0.15,
+        release_s=0.2,
+        clock=lambda: clock[0],
+    )
+    refused = 0
+    shedder.in_progress = 8
+    for _ in range(20):
+        clock[0] += 0.005
+        shedder.observe(0.0, clock[0])
+    # The stall: no sample for 200 ms, then the requests that arrived meanwhile.
+    clock[0] += 0.2
+    shedder.in_progress = 120
+    shedder.observe(0.2, clock[0])
+    # Worked off at ~1.2 requests per 5 ms net (575/s arriving, 820/s served): over
+    # low's and normal's limits for about 400 ms, falling all along.
+    backlog = 120.0
+    while backlog > 8:
+        clock[0] += 0.005
+        backlog -= 1.2
+        shedder.in_progress = max(8, round(backlog))
+        shedder.observe(0.002, clock[0])
+        refused += sum(shedder.refuses(p) is not None for p in Priority)
+    assert refused == 0
+
+
+def test_a_backlog_that_holds_or_grows_is_refused_after_the_sustain() -> None:
+    """The same jump, but the requests in progress then hold (a plateau) or grow:
+    overload, refused once the signal has held for the sustain time."""
+    for step in (0.0, 0.5):
+        clock = [100.0]
+        shedder = LoadShedder(
+            thresholds_s=THRESHOLDS,
+            in_progress_limits=LIMITS,
+            sustain_s=0.15,
+            release_s=0.2,
+            clock=lambda c=clock: c[0],  # type: ignore[misc]
+        )
+        backlog = 60.0
+        first_refusal = None
+        for i in range(60):
+            clock[0] += 0.005
+            backlog += step
+            shedder.in_progress = round(backlog)
+            shedder.observe(0.0, clock[0])
+            if first_refusal is None and shedder.refuses(Priority.LOW):
+                first_refusal = i
+        assert first_refusal is not None and 29 <= first_refusal <= 31, (step, first_refusal)
+        assert shedder.refuses(Priority.NORMAL) == "in_progress"
+        assert shedder.refuses(Priority.HIGH) is None
+        assert shedder.refuses(Priority.CRITICAL) is None
+
+
 def test_a_refusing_class_is_served_again_only_after_the_release_time() -> None:
     """Shedding clears its own signals; a flood must not be let in again at once."""
     clock = [100.0]

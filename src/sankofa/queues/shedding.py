@@ -31,11 +31,23 @@ deadlines; 50 ms of sustain still refused some; 150 ms refused none. Real
 overload keeps the signal up for seconds; a burst does not, so it is queued
 and served instead. The price is the flood's first 150 ms, admitted before
 the door closes (docs/reliability.md, "Overload", compares the settings).
+
+Why not while *draining*: from steady state, a stall of 100-200 ms at 70 % of
+capacity leaves a backlog that takes longer than the sustain to work off (the
+spare 30 % drains it at under half the rate it built up), so a sustain alone
+still refused requests that were being served in time (0.058 % of a soak).
+What tells that backlog from overload is its direction: after a stall the
+requests in progress fall, sample after sample; under overload they hold or
+grow. So a class enters refusal only when, besides the sustain, the requests
+in progress are not clearly below their highest of the last ``sustain_s``
+(``DRAIN_MARGIN`` requests or ``DRAIN_FRACTION`` of that peak). A flood that
+plateaus is not draining; the check costs one pass over 30 samples per sample.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable, Mapping
 
 from sankofa.queues.priority import Priority
@@ -46,6 +58,11 @@ SAMPLE_EVERY_S = 0.005
 SUSTAIN_S = 0.15
 #: Default time a refusing class's signals must stay clear before it is served again.
 RELEASE_S = 0.2
+
+#: Below the window's peak by at least this many requests, and this fraction of
+#: it, the requests in progress are draining (a stall's backlog being worked off).
+DRAIN_MARGIN = 2
+DRAIN_FRACTION = 0.1
 
 LAG = "lag"
 IN_PROGRESS = "in_progress"
@@ -89,6 +106,10 @@ class LoadShedder:
         #: Per class: since when every sample has been within limits (None while over).
         self.clear_since: dict[Priority, float | None] = dict.fromkeys(Priority, 0.0)
         self._refusing: dict[Priority, bool] = dict.fromkeys(Priority, False)
+        #: (loop time, requests in progress) of the samples of the last ``sustain_s``.
+        self._recent: deque[tuple[float, int]] = deque()
+        #: At the last sample: the requests in progress are falling from their peak.
+        self.draining = False
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -111,6 +132,14 @@ class LoadShedder:
 
     def observe(self, late_s: float, now: float) -> None:
         """Take one sample: how late the timer fired, at loop time ``now``."""
+        n = self.in_progress
+        recent = self._recent
+        recent.append((now, n))
+        horizon = now - self._sustain_s
+        while recent[0][0] < horizon:
+            recent.popleft()
+        peak = max(c for _, c in recent)
+        self.draining = n <= peak - max(DRAIN_MARGIN, DRAIN_FRACTION * peak)
         for priority in Priority:
             threshold = self._thresholds[priority]
             limit = self._limits[priority]
@@ -132,14 +161,15 @@ class LoadShedder:
             self._update(priority, now)
 
     def _update(self, priority: Priority, now: float) -> bool:
-        """Enter refusal after ``sustain_s`` over; leave it after ``release_s`` clear."""
+        """Enter refusal after ``sustain_s`` over and not draining; leave it after
+        ``release_s`` clear."""
         if self._refusing[priority]:
             clear = self.clear_since[priority]
             if clear is not None and now - clear >= self._release_s:
                 self._refusing[priority] = False
         else:
             over = self.over_since[priority]
-            if over is not None and now - over >= self._sustain_s:
+            if over is not None and now - over >= self._sustain_s and not self.draining:
                 self._refusing[priority] = True
         return self._refusing[priority]
 
