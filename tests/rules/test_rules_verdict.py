@@ -12,7 +12,7 @@ from sankofa.engine.feature_names import N_SERVED_FEATURES
 from sankofa.engine.transaction import Transaction, TransactionParser
 from sankofa.rules.book import Entity, Limits, ListHit, build_ruleset, entity_key
 from sankofa.rules.model import Rule
-from sankofa.rules.night import night_window
+from sankofa.rules.night import night_window, night_window_of
 from sankofa.rules.verdict import LimitPolicy, RulesEngine, batch_keys
 
 PARSER = TransactionParser(hmac_key=b"unit-test-key-0123456789", max_metadata_bytes=2048)
@@ -171,6 +171,48 @@ def test_the_night_a_transaction_falls_in(when: str, window: tuple[str, str] | N
         assert got is None
     else:
         assert got == tuple(datetime.fromisoformat(w) for w in window)
+
+
+@pytest.mark.parametrize(
+    "zone, hours",
+    [
+        ("America/Sao_Paulo", (20, 6)),  # summer time until 2019
+        ("America/St_Johns", (20, 6)),  # -03:30, and summer time
+        ("Asia/Kathmandu", (22, 6)),  # +05:45
+        ("Australia/Lord_Howe", (20, 6)),  # a summer time of 30 minutes
+        ("Asia/Kolkata", (0, 5)),  # +05:30, a night within one day
+    ],
+)
+def test_the_night_per_quarter_hour_is_the_exact_night(zone: str, hours: tuple[int, int]) -> None:
+    """``night_window_of`` computes a night once per UTC quarter hour: it must agree
+    with the exact ``night_window`` at every instant, across changes of offset,
+    in zones whose offsets are not whole hours, and before 1973 (the exact path;
+    the parser refuses times before 1970)."""
+    policy = LimitPolicy(
+        night_pix_limit_cents=1,
+        night_start_hour=hours[0],
+        night_end_hour=hours[1],
+        timezone=ZoneInfo(zone),
+    )
+    rng = np.random.default_rng(7)
+    lo = datetime(2018, 1, 1, tzinfo=UTC).timestamp()
+    hi = datetime(2025, 1, 1, tzinfo=UTC).timestamp()
+    # Random instants over seven years, and every 7 min 13 s across each change
+    # of offset in them (found by stepping an hour at a time), and a few in 1971.
+    instants = list(rng.uniform(lo, hi, 400).round())
+    step = lo
+    while step < hi:
+        a = datetime.fromtimestamp(step, UTC).astimezone(policy.timezone).utcoffset()
+        b = datetime.fromtimestamp(step + 3600, UTC).astimezone(policy.timezone).utcoffset()
+        if a != b:
+            instants += [step - 3600 + k * 433 for k in range(20)]
+        step += 3600
+    instants += [datetime(1971, 3, 1, h, 59, tzinfo=UTC).timestamp() for h in range(24)]
+    for k, when in enumerate(instants):
+        ts = datetime.fromtimestamp(when, UTC).isoformat().replace("+00:00", "Z")
+        t = make_tx(k, timestamp=ts)
+        assert night_window_of(t, policy) == night_window(t.timestamp, policy), ts
+    assert policy.quarters  # the memo was used
 
 
 def test_the_night_limit_is_a_total_per_customer_and_night() -> None:

@@ -69,12 +69,38 @@ def night_window(when: datetime, policy: LimitPolicy) -> tuple[datetime, datetim
     return lo, hi
 
 
+#: Since 1973 every UTC offset in the tz database is a whole quarter hour, and
+#: so is every instant an offset changes (LMT and the like, e.g. Liberia's
+#: -0:44:30 until 1972, came before): the night a time falls in is the same for
+#: the whole UTC quarter hour it is in. Earlier times take the exact path.
+_QUARTER_S: Final = 900
+_QUARTERS_FROM_S: Final = datetime(1973, 1, 1, tzinfo=UTC).timestamp()
+_MEMO_MAX: Final = 8192
+_MISS: Final = object()
+
+
+def night_window_of(t: Transaction, policy: LimitPolicy) -> tuple[datetime, datetime] | None:
+    """``night_window`` of a transaction's instant, computed once per UTC quarter
+    hour and policy (a batch's night PIX share a few quarters; the zoneinfo
+    arithmetic is the cost), in ``policy.quarters``."""
+    if t.event_time_s < _QUARTERS_FROM_S:
+        return night_window(t.timestamp, policy)
+    q = int(t.event_time_s // _QUARTER_S)
+    memo = policy.quarters
+    w = memo.get(q, _MISS)
+    if w is _MISS:
+        if len(memo) >= _MEMO_MAX:
+            memo.clear()
+        w = memo[q] = night_window(datetime.fromtimestamp(q * _QUARTER_S, UTC), policy)
+    return w  # type: ignore[return-value]
+
+
 def night_keys(txs: Sequence[Transaction], policy: LimitPolicy) -> dict[NightKey, datetime]:
     """Every (customer, night) of a batch's night PIX, with that night's end."""
     out: dict[NightKey, datetime] = {}
     for t in txs:
         if t.type == "pix":
-            w = night_window(t.timestamp, policy)
+            w = night_window_of(t, policy)
             if w is not None:
                 out[(t.customer_ref, w[0])] = w[1]
     return out

@@ -41,7 +41,7 @@ from sankofa.engine.transaction import Transaction
 from sankofa.rules.book import Entity, EntityLoader, Limits, RuleBook, RuleSet, entity_key
 from sankofa.rules.fields import Columns, live_columns
 from sankofa.rules.model import ACTION_DECISION, CompiledRule
-from sankofa.rules.night import NightKey, NightPixLedger, night_keys, night_window
+from sankofa.rules.night import NightKey, NightPixLedger, night_keys, night_window_of
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,10 @@ class LimitPolicy:
     night_start_hour: int
     night_end_hour: int
     timezone: ZoneInfo
+    #: The night of each UTC quarter hour seen (``rules.night.night_window_of``).
+    quarters: dict[int, tuple[datetime, datetime] | None] = field(
+        default_factory=dict, compare=False, hash=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         if self.night_pix_limit_cents <= 0:
@@ -69,9 +73,9 @@ class LimitPolicy:
             if not 0 <= getattr(self, name) <= 23:
                 raise ValueError(f"{name} must be 0..23")
 
-    def night_of(self, when: datetime) -> datetime | None:
-        """The first instant (UTC) of the night ``when`` is in; None by day."""
-        w = night_window(when, self)
+    def night_of(self, t: Transaction) -> datetime | None:
+        """The first instant (UTC) of the night ``t`` is in; None by day."""
+        w = night_window_of(t, self)
         return None if w is None else w[0]
 
     def is_night(self, when: datetime) -> bool:
@@ -227,7 +231,7 @@ class RulesEngine:
         night: dict[int, datetime] = {}
         for i, t in enumerate(txs):
             if t.type == "pix":
-                first = self.limits.night_of(t.timestamp)
+                first = self.limits.night_of(t)
                 if first is not None:
                     night[i] = first
         hit_rows = (deciding >= 0).tolist()
