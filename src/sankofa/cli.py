@@ -36,6 +36,8 @@ from datetime import date
 from pathlib import Path
 
 from sankofa import __version__
+from sankofa.argtypes import positive_float as _positive_float
+from sankofa.argtypes import positive_int as _positive_int
 
 
 def _date(text: str) -> date:
@@ -43,26 +45,6 @@ def _date(text: str) -> date:
         return date.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1: {text!r}")
-    return v
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
-    return v
 
 
 def build_parser() -> argparse.ArgumentParser:

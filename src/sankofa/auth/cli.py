@@ -22,20 +22,11 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from sankofa.argtypes import positive_float as _positive_float
+from sankofa.argtypes import positive_int as _positive_int
 from sankofa.auth.roles import ROLES
-from sankofa.cli import _positive_int
 
 T = TypeVar("T")
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not v > 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0: {text!r}")
-    return v
 
 
 def add_auth_parsers(sub: Any) -> None:

@@ -13,46 +13,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import secrets
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sankofa.argtypes import non_negative_float as _non_negative_float
+from sankofa.argtypes import positive_float as _positive_float
+from sankofa.argtypes import positive_int as _positive_int
 from sankofa.load.constants import ARRIVALS, DEFAULT_PRIORITY_MIX
 
 DEFAULT_OUT = Path("loadtest-results")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1: {text!r}")
-    return v
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (v > 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0: {text!r}")
-    return v
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (v >= 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0: {text!r}")
-    return v
 
 
 def _add_scenario(sub: Any) -> None:
