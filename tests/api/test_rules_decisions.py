@@ -12,7 +12,7 @@ import asyncpg
 import httpx
 import pytest
 
-from conftest import _with_state
+from conftest import LiveServer, _with_state
 from sankofa.api.app import create_app
 from sankofa.settings import Settings
 from tests_support import tx
@@ -335,7 +335,8 @@ async def test_the_night_pix_limit_is_a_total_per_night(
     r = await api.post("/v1/transactions/batch", json=body)
     assert r.status_code == 200, r.text
     assert [x["decision"] for x in r.json()["results"]] == ["decline", "approve", "approve"]
-    assert services.rules.night.reads == reads + 1  # one read for the batch
+    # One read beside Redis, and one under the lock on the storing connection.
+    assert services.rules.night.reads == reads + 2
     stored = await db.fetch(
         "SELECT transaction_id, decision FROM transactions ORDER BY transaction_id"
     )
@@ -349,6 +350,35 @@ async def test_the_night_pix_limit_is_a_total_per_night(
         ("tx-7", "approve"),
         ("tx-8", "approve"),
     ]
+
+
+async def test_concurrent_night_pix_of_one_customer_share_one_limit(
+    live_server: LiveServer, db: asyncpg.Connection
+) -> None:
+    """Requests sent at once to ``sankofa serve`` are scored in batches in flight
+    together, each of which would read the night's stored total before the
+    other stored anything (without the lock, two of six were approved in most
+    rounds). Under the lock taken before the write, exactly one R$ 600 PIX of
+    six fits in R$ 1,000, every round."""
+    async with httpx.AsyncClient(base_url=live_server.url, timeout=30.0) as c:
+        await add_rule(c, "ok", "allow", "amount > 0")  # the score does not decide
+        rounds, each = 8, 6
+        for r in range(rounds):
+            answers = await asyncio.gather(
+                *(
+                    score(
+                        c, i, type="pix", amount="600.00", customer_id=f"racer-{r}",
+                        timestamp="2023-06-01T21:00:00-03:00",
+                    )
+                    for i in range(100 * r, 100 * r + each)
+                )
+            )  # fmt: skip
+            decisions = sorted(a["decision"] for a in answers)
+            assert decisions == ["approve"] + ["decline"] * (each - 1), (r, answers)
+    approved = await db.fetchval(
+        "SELECT count(*) FROM transactions WHERE decision = 'approve' AND tx_type = 'pix'"
+    )
+    assert approved == rounds
 
 
 async def test_lists_and_limits_are_one_read_per_batch(

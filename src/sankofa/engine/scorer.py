@@ -258,6 +258,16 @@ class ScoringEngine:
                     self._pool.acquire() as conn,
                     discard_on_failure(conn, keep_on=_DATA_ERRORS),
                 ):
+                    if prepared is not None and self._rules is not None:
+                        # Night PIX: lock their customers' nights until the COPY
+                        # commits; if another batch stored one meanwhile, judge again.
+                        again = await self._rules.recheck_night(conn, prepared)
+                        if again is not None:
+                            prepared = again
+                            records, outs = self._decide(
+                                jobs, new_txs, new_job, matrix, started,
+                                degraded=degraded, prepared=prepared,
+                            )  # fmt: skip
                     # An id the feature store already held is most likely a replay:
                     # only those need a look in the database before the write.
                     held = [

@@ -10,10 +10,16 @@ sums for a whole batch in one statement, served by the partial index of
 migration 0006; ``RulesEngine.judge`` adds the batch's own earlier PIX, in
 event-time order, so two PIX of one customer in one batch share one budget.
 
-Not covered: two batches in flight at the same moment, each holding a night PIX
-of the same customer, read the same stored sum and do not see each other (the
-window is one batch's scoring time, a few milliseconds). Closing it would take a
-lock per customer across the read and the write.
+Two batches in flight at the same moment, each holding a night PIX of the same
+customer (in one process or in two), would read the same stored sum and not see
+each other: concurrent single requests hit this easily. So the write checks:
+on the connection that stores the batch, ``NightPixLedger.lock_and_read`` takes
+a session advisory lock per customer (in one order, so two batches cannot
+deadlock) and reads the sums again; if another batch stored a night PIX of
+these customers meanwhile, the batch is judged again before it is stored
+(``ScoringEngine``). The locks are held until the COPY has committed and are
+released when the connection goes back to the pool (asyncpg's reset runs
+``pg_advisory_unlock_all``) or is closed after a failure.
 """
 
 from __future__ import annotations
@@ -106,6 +112,15 @@ def night_keys(txs: Sequence[Transaction], policy: LimitPolicy) -> dict[NightKey
     return out
 
 
+#: The advisory lock space of the night totals (the two-key form: never the
+#: same lock as a one-key advisory lock). "NP".
+_LOCK_CLASS: Final = 0x4E50
+_LOCK: Final = """
+SELECT pg_advisory_lock($2::int, k)
+FROM (SELECT DISTINCT hashtext(r) AS k FROM unnest($1::text[]) AS u(r) ORDER BY k) AS s
+"""
+
+
 class NightPixLedger:
     """The stored night PIX sums, from the primary (a replica may lag behind)."""
 
@@ -114,17 +129,33 @@ class NightPixLedger:
             raise ValueError("timeout_s must be > 0")
         self._pool = pool
         self._timeout_s = timeout_s
-        #: Statements run (tests count them).
+        #: Reads of the sums, and locks taken before one (tests count them).
         self.reads = 0
+        self.locks = 0
 
     async def spent(self, keys: dict[NightKey, datetime]) -> dict[NightKey, int]:
         """Cents moved so far in each (customer, night); absent means nothing."""
         if not keys:
             return {}
+        async with asyncio.timeout(self._timeout_s), self._pool.acquire() as conn:
+            return await self._read(conn, keys)
+
+    async def lock_and_read(
+        self, conn: asyncpg.Connection, keys: dict[NightKey, datetime]
+    ) -> dict[NightKey, int]:
+        """Lock these customers' nights on ``conn`` (until it is reset or closed),
+        then read their sums: what a batch stored before the lock was granted is
+        seen, and none can be stored for them until this connection lets go."""
+        self.locks += 1
+        await conn.execute(_LOCK, sorted({k[0] for k in keys}), _LOCK_CLASS)
+        return await self._read(conn, keys)
+
+    async def _read(
+        self, conn: asyncpg.Connection, keys: dict[NightKey, datetime]
+    ) -> dict[NightKey, int]:
         self.reads += 1
         refs = [k[0] for k in keys]
         los = [k[1] for k in keys]
         his = list(keys.values())
-        async with asyncio.timeout(self._timeout_s), self._pool.acquire() as conn:
-            rows = await conn.fetch(_SPENT, refs, los, his)
+        rows = await conn.fetch(_SPENT, refs, los, his)
         return {(r["ref"], r["lo"]): int(r["cents"]) for r in rows}

@@ -34,6 +34,7 @@ from datetime import datetime
 from typing import Final
 from zoneinfo import ZoneInfo
 
+import asyncpg
 import numpy as np
 import numpy.typing as npt
 
@@ -133,6 +134,8 @@ class Prepared:
     entities: dict[str, Entity] = field(default_factory=dict)
     #: Cents of PIX already moved per (customer, night), stored and not declined.
     night_spent: dict[NightKey, int] = field(default_factory=dict)
+    #: The batch's (customer, night) of its night PIX, with each night's end.
+    night_keys: dict[NightKey, datetime] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -186,7 +189,18 @@ class RulesEngine:
         async with asyncio.TaskGroup() as tg:
             entities = tg.create_task(self.entities.load_many(batch_keys(txs)))
             spent = tg.create_task(self.night.spent(keys))
-        return Prepared(entities.result(), spent.result())
+        return Prepared(entities.result(), spent.result(), keys)
+
+    async def recheck_night(self, conn: asyncpg.Connection, prepared: Prepared) -> Prepared | None:
+        """On the connection that will store the batch: lock its customers' nights
+        and read them again. None if nothing changed since ``prepare`` (the batch
+        stands as judged); otherwise what to judge it again with."""
+        if self.night is None or not prepared.night_keys:
+            return None
+        spent = await self.night.lock_and_read(conn, prepared.night_keys)
+        if spent == prepared.night_spent:
+            return None
+        return Prepared(prepared.entities, spent, prepared.night_keys)
 
     def judge(
         self,
