@@ -70,8 +70,12 @@ async def test_a_put_keeps_the_fields_it_leaves_out(
     assert (got["version"], got["mode"], got["description"]) == (2, "shadow", "trial")
     assert (got["action"], got["priority"], got["expression"]) == ("review", 10, "amount > 2000")
     # Null is not "left out": it is refused, and nothing is stored.
-    r = await client.put("/v1/rules/big-pix", json={"mode": None})
-    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "mode"
+    for field in ("mode", "description", "expression"):
+        r = await client.put("/v1/rules/big-pix", json={field: None})
+        assert r.status_code == 422 and r.json()["errors"][0]["field"] == field, r.text
+    # Only unknown fields: named as unknown, not as "nothing to change".
+    r = await client.put("/v1/rules/big-pix", json={"bogus": 1})
+    assert r.status_code == 422 and "bogus" in r.text, r.text
     # A body naming nothing to change is refused rather than stored as a copy.
     for body in ({}, {"id": "big-pix"}):
         r = await client.put("/v1/rules/big-pix", json=body)
@@ -113,6 +117,14 @@ async def test_if_match_refuses_a_change_to_a_version_that_moved_on(
         "/v1/rules/big-pix", json={"priority": 7}, headers={"If-Match": '"1", "2"'}
     )
     assert listed.status_code == 200 and listed.json()["version"] == 3
+    # A malformed If-Match is the client's mistake (422), not a version that moved
+    # on (412); * mixed with tags is malformed, not a wildcard.
+    for bad in (b'"1",*', b"3", b'"3', b"garbage", b"W/*", '"\uff14"'.encode()):
+        r = await client.put(
+            "/v1/rules/big-pix", json={"priority": 8}, headers={"If-Match": bad}
+        )  # fmt: skip
+        assert r.status_code == 422 and r.headers["content-type"] == PROBLEM, (bad, r.text)
+        assert r.json()["errors"][0]["field"] == "header If-Match"
     rows = await db.fetch("SELECT version, priority FROM rule_versions ORDER BY version")
     assert [(r["version"], r["priority"]) for r in rows] == [(1, 10), (2, 5), (3, 7)]
     assert (await client.delete("/v1/rules/big-pix", headers={"If-Match": "*"})).status_code == 204
@@ -242,6 +254,9 @@ async def test_lists_add_replace_read_delete(
             422,
             "expires_at",
         ),
+        # A transaction cannot carry such an id: the entry could never match.
+        ("/v1/lists/hot/customers", {"value": " cust-1", "reason": "x"}, 422, "value"),
+        ("/v1/lists/allow/terminals", {"value": "t-1 ", "reason": "x"}, 422, "value"),
         ("/v1/lists/cold/customers", {"value": "c", "reason": "x"}, 404, None),
         ("/v1/lists/hot/merchants", {"value": "c", "reason": "x"}, 404, None),
     ],
@@ -305,6 +320,16 @@ async def test_bad_limits_are_422(
     r = await client.put("/v1/limits/customers/cust-1", json=body)
     assert r.status_code == 422 and r.headers["content-type"] == PROBLEM
     assert field in [e["field"] for e in r.json()["errors"]]
+    assert await db.fetchval("SELECT count(*) FROM customer_limits") == 0
+
+
+async def test_a_limit_for_an_id_no_transaction_can_carry_is_422(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    for path in ("/v1/limits/customers/%20cust-1", "/v1/limits/customers/cust-1%20"):
+        r = await client.put(path, json={"night_pix_limit": "5000"})
+        assert r.status_code == 422 and r.headers["content-type"] == PROBLEM, r.text
+        assert r.json()["errors"][0]["field"] == "customer_id (path)"
     assert await db.fetchval("SELECT count(*) FROM customer_limits") == 0
 
 

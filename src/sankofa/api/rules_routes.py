@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from enum import Enum
@@ -173,6 +174,11 @@ _RULE_KEEPS: Final = ("action", "priority", "mode", "expression", "description")
 _PLACEHOLDER: Final = {"action": "review", "priority": 0, "expression": "amount > 0"}
 
 
+#: RFC 9110 8.8.3 entity-tag, printable ASCII only (ours are digits; a tag that
+#: cannot be one of ours is not echoed back garbled).
+_ENTITY_TAG: Final = re.compile(r'(?:W/)?"[\x21\x23-\x7e]*"')
+
+
 def _etag(version: int) -> str:
     """A rule version's entity tag: its version number, a strong validator."""
     return f'"{version}"'
@@ -194,6 +200,12 @@ def _if_match(request: Request) -> list[str] | None:
     tags = [t.strip() for line in lines for t in line.split(",") if t.strip()]
     if not tags:
         raise InvalidFieldError([FieldIssue("header If-Match", "is empty")])
+    # "*" stands alone; anything else is a list of quoted tags. A malformed value
+    # is the client's mistake to fix (422), not a version that moved on (412).
+    if tags != ["*"] and not all(_ENTITY_TAG.fullmatch(t) for t in tags):
+        raise InvalidFieldError(
+            [FieldIssue("header If-Match", 'must be * alone or entity tags such as "3" (ASCII)')]
+        )
     return tags
 
 
@@ -315,10 +327,16 @@ async def update_rule(request: Request, rule_id: str) -> Response:
     rid = _rule_id(rule_id)
     tags = _if_match(request)
     body = await _body(request, s)
-    if isinstance(body, dict) and not set(body) & set(_RULE_KEEPS):
-        raise InvalidFieldError(
-            [FieldIssue("body", f"names nothing to change (any of {', '.join(_RULE_KEEPS)})")]
-        )
+    if isinstance(body, dict):
+        nulls = [k for k, v in body.items() if v is None]
+        if nulls:
+            raise InvalidFieldError(
+                [FieldIssue(k, "must not be null: leave it out to keep its value") for k in nulls]
+            )
+        if not set(body) & set(_RULE_KEEPS) and set(body) <= {"id"}:
+            raise InvalidFieldError(
+                [FieldIssue("body", f"names nothing to change (any of {', '.join(_RULE_KEEPS)})")]
+            )
     # Validated once before the database is asked (a bad body costs no
     # connection), then again merged with the latest version.
     parse_rule({**_PLACEHOLDER, **body} if isinstance(body, dict) else body, rule_id=rid)
@@ -409,9 +427,18 @@ def _list_kind(list_name: str, kinds: str) -> str:
     return LIST_KINDS[kinds]
 
 
-def _value_ref(s: Services, kind: str, value: str, field: str = "value") -> str:
+def _value_ref(
+    s: Services, kind: str, value: str, field: str = "value", *, writing: bool = False
+) -> str:
+    """The stored key of a list or limits value. ``writing``: a new entry, which
+    must be one a transaction can carry (reads and deletes still reach entries
+    written before that rule)."""
     if not (1 <= len(value) <= 128 and value.isprintable()):
         raise InvalidFieldError([FieldIssue(field, "must be 1-128 printable characters")])
+    if writing and value != value.strip():
+        # As for transactions, which refuse such an id: an entry under it could
+        # never match one.
+        raise InvalidFieldError([FieldIssue(field, "must not start or end with whitespace")])
     refuse_pans(value, field)
     if kind == "terminal":
         return value
@@ -461,7 +488,7 @@ async def put_entry(request: Request, list_name: str, kinds: str) -> Response:
     kind = _list_kind(list_name, kinds)
     rules = _rules(s)
     entry = parse_entry(await _body(request, s), now_s=rules.wall_clock())
-    ref = _value_ref(s, kind, entry.value)
+    ref = _value_ref(s, kind, entry.value, writing=True)
     stored, created = await _db_audited(
         s,
         request,
@@ -602,7 +629,7 @@ async def list_limits(request: Request) -> Response:
 )
 async def put_limits(request: Request, customer_id: str) -> Response:
     s = _services(request)
-    ref = _value_ref(s, "customer", customer_id, "customer_id (path)")
+    ref = _value_ref(s, "customer", customer_id, "customer_id (path)", writing=True)
     lim = parse_limits(await _body(request, s))
     row = await _db_audited(
         s,
