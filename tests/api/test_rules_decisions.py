@@ -17,6 +17,8 @@ from sankofa.api.app import create_app
 from sankofa.settings import Settings
 from tests_support import tx
 
+PROBLEM = "application/problem+json"
+
 
 class Clock:
     def __init__(self) -> None:
@@ -293,6 +295,42 @@ async def test_a_customers_own_limits(api: httpx.AsyncClient) -> None:
     assert (await score(api, 7, type="pix", timestamp=night(7), amount="1500.00"))["reasons"][
         0
     ] == "LIMIT_NIGHT_PIX"
+
+
+async def test_limits_and_lists_by_cpf_reach_transactions_sent_with_that_cpf(
+    api: httpx.AsyncClient,
+) -> None:
+    """A bank sets limits by CPF, punctuated or not; transactions declare their
+    customer_id a CPF and are normalised to its digits: both must meet."""
+    cpf = {"customer_id": "529.982.247-25", "customer_id_type": "cpf"}
+    r = await api.put(
+        "/v1/limits/customers/529.982.247-25?customer_id_type=cpf",
+        json={"night_pix_limit": "5000.00"},
+    )
+    assert r.status_code == 200, r.text
+    ok = await score(api, 1, type="pix", timestamp=night(1), amount="2000.00", **cpf)
+    assert "LIMIT_NIGHT_PIX" not in ok["reasons"]
+    # The same customer by the digits alone: the same entry.
+    got = await api.get("/v1/limits/customers/52998224725?customer_id_type=cpf")
+    assert got.json()["default"] is False and got.json()["night_pix_limit"] == "5000.00"
+    # A hot list entry by CPF declines that customer's transactions.
+    r = await api.post(
+        "/v1/lists/hot/customers?customer_id_type=cpf",
+        json={"value": "52998224725", "reason": "account takeover"},
+    )
+    assert r.status_code == 201, r.text
+    hot = await score(api, 2, amount="10.00", **cpf)
+    assert hot["decision"] == "decline" and hot["reasons"][0] == "HOT_LIST_CUSTOMER"
+    gone = await api.delete("/v1/lists/hot/customers/529.982.247-25?customer_id_type=cpf")
+    assert gone.status_code == 204
+    # Bad check digits, a type on a terminal, an unknown type: 422 problem+json.
+    for method, path in (
+        ("PUT", "/v1/limits/customers/529.982.247-26?customer_id_type=cpf"),
+        ("GET", "/v1/lists/hot/terminals/t-1?customer_id_type=cpf"),
+        ("GET", "/v1/limits/customers/x?customer_id_type=rg"),
+    ):
+        r = await api.request(method, path, json={"night_pix_limit": "1"})
+        assert r.status_code == 422 and r.headers["content-type"] == PROBLEM, (path, r.text)
 
 
 async def test_the_night_pix_limit_is_a_total_per_night(

@@ -16,11 +16,11 @@ import re
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from enum import Enum
-from typing import Any, Final, TypeVar
+from typing import Annotated, Any, Final, Literal, TypeVar
 
 import asyncpg
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from sankofa.api import rules_schemas as RS
@@ -38,6 +38,7 @@ from sankofa.errors import (
     RuleConflictError,
     StorageUnavailableError,
 )
+from sankofa.privacy import documents
 from sankofa.privacy.cards import pan_fields
 from sankofa.rules import backtest as bt
 from sankofa.rules import store
@@ -427,18 +428,47 @@ def _list_kind(list_name: str, kinds: str) -> str:
     return LIST_KINDS[kinds]
 
 
+#: ``?customer_id_type=cpf|cnpj``: the id is a taxpayer number, normalised as a
+#: transaction's ``customer_id`` with that ``customer_id_type`` is, so that a
+#: limit or a list entry set by "529.982.247-25" reaches those transactions.
+IdType = Annotated[
+    Literal["cpf", "cnpj"] | None,
+    Query(
+        description="The customer id is a CPF or CNPJ (any punctuation): checked and"
+        " normalised as a transaction's customer_id with this customer_id_type is."
+    ),
+]
+
+
 def _value_ref(
-    s: Services, kind: str, value: str, field: str = "value", *, writing: bool = False
+    s: Services,
+    kind: str,
+    value: str,
+    field: str = "value",
+    *,
+    writing: bool = False,
+    id_type: str | None = None,
 ) -> str:
     """The stored key of a list or limits value. ``writing``: a new entry, which
     must be one a transaction can carry (reads and deletes still reach entries
-    written before that rule)."""
+    written before that rule). ``id_type``: a CPF or CNPJ, normalised first."""
     if not (1 <= len(value) <= 128 and value.isprintable()):
         raise InvalidFieldError([FieldIssue(field, "must be 1-128 printable characters")])
     if writing and value != value.strip():
         # As for transactions, which refuse such an id: an entry under it could
         # never match one.
         raise InvalidFieldError([FieldIssue(field, "must not start or end with whitespace")])
+    if id_type is not None:
+        if kind != "customer":
+            raise InvalidFieldError(
+                [FieldIssue("customer_id_type (query)", "applies to customers only")]
+            )
+        normal = documents.normalise(id_type, value)
+        if normal is None:
+            raise InvalidFieldError(
+                [FieldIssue(field, f"is not a valid {id_type.upper()} (format or check digits)")]
+            )
+        return s.parser.pseudonymise(kind, normal)
     refuse_pans(value, field)
     if kind == "terminal":
         return value
@@ -483,12 +513,14 @@ def _entry_view(e: store.StoredEntry, now_s: float) -> dict[str, Any]:
     responses=RS.responses(200, 201),
     openapi_extra=RS.body(RS.ListEntryIn),
 )
-async def put_entry(request: Request, list_name: str, kinds: str) -> Response:
+async def put_entry(
+    request: Request, list_name: str, kinds: str, customer_id_type: IdType = None
+) -> Response:
     s = _services(request)
     kind = _list_kind(list_name, kinds)
     rules = _rules(s)
     entry = parse_entry(await _body(request, s), now_s=rules.wall_clock())
-    ref = _value_ref(s, kind, entry.value, writing=True)
+    ref = _value_ref(s, kind, entry.value, writing=True, id_type=customer_id_type)
     stored, created = await _db_audited(
         s,
         request,
@@ -530,10 +562,12 @@ async def get_entries(request: Request, list_name: str, kinds: str) -> Response:
     tags=_TAGS,
     responses=RS.responses(200),
 )
-async def get_entry(request: Request, list_name: str, kinds: str, value: str) -> Response:
+async def get_entry(
+    request: Request, list_name: str, kinds: str, value: str, customer_id_type: IdType = None
+) -> Response:
     s = _services(request)
     kind = _list_kind(list_name, kinds)
-    ref = _value_ref(s, kind, value, "value (path)")
+    ref = _value_ref(s, kind, value, "value (path)", id_type=customer_id_type)
     found = await _db(s, lambda conn: store.get_entry(conn, list_name, kind, ref))
     if found is None:
         raise NotFoundError(f"not on the {list_name} list of {kinds}")
@@ -548,10 +582,12 @@ async def get_entry(request: Request, list_name: str, kinds: str, value: str) ->
     tags=_TAGS,
     responses=RS.responses(204),
 )
-async def delete_entry(request: Request, list_name: str, kinds: str, value: str) -> Response:
+async def delete_entry(
+    request: Request, list_name: str, kinds: str, value: str, customer_id_type: IdType = None
+) -> Response:
     s = _services(request)
     kind = _list_kind(list_name, kinds)
-    ref = _value_ref(s, kind, value, "value (path)")
+    ref = _value_ref(s, kind, value, "value (path)", id_type=customer_id_type)
     if not await _db_audited(
         s,
         request,
@@ -627,9 +663,13 @@ async def list_limits(request: Request) -> Response:
     responses=RS.responses(200),
     openapi_extra=RS.body(RS.LimitsIn),
 )
-async def put_limits(request: Request, customer_id: str) -> Response:
+async def put_limits(
+    request: Request, customer_id: str, customer_id_type: IdType = None
+) -> Response:
     s = _services(request)
-    ref = _value_ref(s, "customer", customer_id, "customer_id (path)", writing=True)
+    ref = _value_ref(
+        s, "customer", customer_id, "customer_id (path)", writing=True, id_type=customer_id_type
+    )
     lim = parse_limits(await _body(request, s))
     row = await _db_audited(
         s,
@@ -649,9 +689,11 @@ async def put_limits(request: Request, customer_id: str) -> Response:
     tags=_TAGS,
     responses=RS.responses(200),
 )
-async def get_limits(request: Request, customer_id: str) -> Response:
+async def get_limits(
+    request: Request, customer_id: str, customer_id_type: IdType = None
+) -> Response:
     s = _services(request)
-    ref = _value_ref(s, "customer", customer_id, "customer_id (path)")
+    ref = _value_ref(s, "customer", customer_id, "customer_id (path)", id_type=customer_id_type)
     row = await _db(s, lambda conn: store.get_limits(conn, ref))
     if row is None:
         d = _defaults(s)
@@ -676,9 +718,11 @@ async def get_limits(request: Request, customer_id: str) -> Response:
     tags=_TAGS,
     responses=RS.responses(204),
 )
-async def delete_limits(request: Request, customer_id: str) -> Response:
+async def delete_limits(
+    request: Request, customer_id: str, customer_id_type: IdType = None
+) -> Response:
     s = _services(request)
-    ref = _value_ref(s, "customer", customer_id, "customer_id (path)")
+    ref = _value_ref(s, "customer", customer_id, "customer_id (path)", id_type=customer_id_type)
     if not await _db_audited(
         s,
         request,
