@@ -114,3 +114,21 @@ def test_bad_inputs_are_refused() -> None:
         transaction_bodies(tx, run_id="r", utc_offset="-03:00")
     with pytest.raises(ValueError, match="offset"):
         transaction_bodies(tx, run_id="r", utc_offset="-3")
+
+
+def test_every_kth_transaction_can_be_a_pix() -> None:
+    """The data has no payment type; --pix-every k sends ids that are multiples of
+    k as PIX (the parser takes them), the rest as card payments."""
+    tx = load_transactions(SLICE, 300)
+    parser = TransactionParser(
+        hmac_key=b"0123456789abcdef", max_metadata_bytes=2048, max_clock_skew_s=1e12
+    )
+    bodies = transaction_bodies(tx, run_id="lt", utc_offset="-03:00", pix_every=3)
+    kinds = [json.loads(b)["type"] for b in bodies]
+    want = ["pix" if i % 3 == 0 else "card" for i in tx.transaction_id.tolist()]
+    assert kinds == want and "pix" in kinds and "card" in kinds
+    assert all(parser.parse(json.loads(b)).type == k for b, k in zip(bodies, kinds, strict=True))
+    plain = transaction_bodies(tx, run_id="lt", utc_offset="-03:00")
+    assert {json.loads(b)["type"] for b in plain} == {"card"}
+    with pytest.raises(ValueError):
+        transaction_bodies(tx, run_id="lt", utc_offset="-03:00", pix_every=-1)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sankofa.argtypes import non_negative_float as _non_negative_float
+from sankofa.argtypes import non_negative_int
 from sankofa.argtypes import positive_float as _positive_float
 from sankofa.argtypes import positive_int as _positive_int
 from sankofa.load.constants import ARRIVALS, DEFAULT_PRIORITY_MIX
@@ -90,6 +91,12 @@ def add_loadtest_parser(subparsers: Any) -> argparse.ArgumentParser:
         " else the committed test slice)",
     )
     r.add_argument("--start-row", type=int, default=0, help="first data row to send (default 0)")
+    r.add_argument(
+        "--pix-every",
+        type=non_negative_int,
+        default=0,
+        help="send every k-th transaction (by id) as a PIX; 0 (default): all card payments",
+    )
     r.add_argument(
         "--server-pid",
         type=_positive_int,
@@ -208,6 +215,7 @@ def _run(args: argparse.Namespace) -> int:
             label=args.label,
             input_path=input_path,
             start_row=args.start_row,
+            pix_every=args.pix_every,
             sample=tuple(groups),
             sample_generator=psutil_available(),
             authorization=authorization,

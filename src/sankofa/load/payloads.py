@@ -91,8 +91,15 @@ def check_utc_offset(offset: str) -> str:
     return offset
 
 
-def transaction_bodies(cols: TxColumns, *, run_id: str, utc_offset: str) -> list[bytes]:
-    """One JSON object per transaction, as bytes, in order."""
+def transaction_bodies(
+    cols: TxColumns, *, run_id: str, utc_offset: str, pix_every: int = 0
+) -> list[bytes]:
+    """One JSON object per transaction, as bytes, in order. The handbook's data
+    has no payment type: every transaction is a card payment, except, with
+    ``pix_every`` = k > 0, those whose id is a multiple of k, sent as PIX (so the
+    night PIX limit's reads and locks are exercised)."""
+    if pix_every < 0:
+        raise ValueError("pix_every must be >= 0")
     check_run_id(run_id)
     check_utc_offset(utc_offset)
     if np.any(cols.amount_cents <= 0):
@@ -112,10 +119,11 @@ def transaction_bodies(cols: TxColumns, *, run_id: str, utc_offset: str) -> list
         strict=True,
     ):
         ident = f"{run_id}-{tid}" if p == 0 else f"{run_id}-{tid}p{p}"
+        kind = "pix" if pix_every and tid % pix_every == 0 else "card"
         append(
             f'{{"transaction_id":"{ident}","timestamp":"{ts}{utc_offset}",'
             f'"amount":"{u}.{c:02d}","customer_id":"{cust}","terminal_id":"{term}",'
-            f'"type":"card"}}'.encode()
+            f'"type":"{kind}"}}'.encode()
         )
     return out
 

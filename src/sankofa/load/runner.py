@@ -70,6 +70,8 @@ class RunSpec:
     input_path: Path | None = None
     start_row: int = 0
     utc_offset: str = DEFAULT_UTC_OFFSET
+    #: Every k-th transaction (by id) sent as a PIX; 0: all card payments.
+    pix_every: int = 0
     fixed_body: bytes | None = None
     sample: tuple[GroupSpec, ...] = ()
     sample_generator: bool = True
@@ -96,6 +98,8 @@ class RunSpec:
             raise ValueError("a closed loop sends fixed_body")
         check_run_id(self.run_id)
         check_utc_offset(self.utc_offset)
+        if self.pix_every < 0:
+            raise ValueError("pix_every must be >= 0")
 
     @property
     def closed_loop(self) -> bool:
@@ -181,6 +185,7 @@ def worker_specs(spec: RunSpec, plan: Plan | None, tx: TxColumns | None) -> list
             "batch": spec.batch,
             "run_id": spec.run_id,
             "utc_offset": spec.utc_offset,
+            "pix_every": spec.pix_every,
             "use_uvloop": spec.use_uvloop,
             "authorization": spec.authorization,
         }

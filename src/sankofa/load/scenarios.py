@@ -50,6 +50,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sankofa.argtypes import non_negative_int
+
 #: Transactions per day in the published data (1,754,155 over 183 days).
 PREFILL_ROWS_PER_DAY = 9_585
 SCENARIOS = ("baselines", "saturation", "isolation", "batch", "seed-table", "memory")
@@ -81,6 +83,13 @@ def add_scenario_parser(sub: Any) -> None:
     )
     s.add_argument(
         "--capacity", type=float, help="isolation: capacity in req/s (default: measured)"
+    )
+    s.add_argument(
+        "--pix-every",
+        type=non_negative_int,
+        default=0,
+        help="send every k-th transaction (by id) as a PIX, prefill included; 0 (default):"
+        " all card payments, as the handbook's data has no payment type",
     )
     s.add_argument("--memory-transactions", type=int, default=1_000_000)
     s.add_argument("--overload-seconds", type=float, default=60.0)
@@ -365,6 +374,7 @@ class Context:
             start_row=self.row,
             sample=groups if psutil_available() else (),
             sample_generator=psutil_available(),
+            pix_every=int(getattr(self.args, "pix_every", 0) or 0),
         )
         data = run(spec, progress=None)
         self.row += math.ceil(rate * (duration + self.args.warmup)) * batch
@@ -969,7 +979,9 @@ def run_scenario(args: argparse.Namespace) -> int:
         result["workers"] = args.workers
         result["command"] = (
             f"sankofa loadtest scenario {name} --workers {args.workers} --duration {args.duration:g}"
+            + (f" --pix-every {args.pix_every}" if args.pix_every else "")
         )
+        result["pix_every"] = args.pix_every
         results[name] = result
         path = args.out / f"scenario-{name}.json"
         path.write_text(json.dumps(result, indent=2, default=_json_default))

@@ -66,6 +66,7 @@ class WorkerSpec:
     batch: int = 1
     run_id: str = "run"
     utc_offset: str = "-03:00"
+    pix_every: int = 0
     duration_s: float = 0.0
     capacity: int = 0
     use_uvloop: bool = True
@@ -144,7 +145,9 @@ def build_payloads(spec: WorkerSpec) -> list[bytes]:
         return [build_request(target, spec.path, spec.fixed_body, headers)]
     if spec.tx is None:
         raise ValueError("an open-loop worker needs tx or fixed_body")
-    bodies = transaction_bodies(spec.tx, run_id=spec.run_id, utc_offset=spec.utc_offset)
+    bodies = transaction_bodies(
+        spec.tx, run_id=spec.run_id, utc_offset=spec.utc_offset, pix_every=spec.pix_every
+    )
     return request_payloads(
         bodies,
         spec.priority,
