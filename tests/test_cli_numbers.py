@@ -21,6 +21,10 @@ from sankofa.cli import main
             "--warmup=-inf",
         ],
         ["token", "--role", "scorer", "--ttl", "-5"],
+        ["loadtest", "scenario", "saturation", "--workers", "0"],
+        ["loadtest", "scenario", "soak", "--capacity", "inf"],
+        ["loadtest", "scenario", "soak", "--soak-seconds", "nan"],
+        ["loadtest", "scenario", "saturation", "--pix-every", "-1"],
     ],
 )  # fmt: skip
 def test_a_number_that_is_not_finite_and_positive_is_a_usage_error(

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sankofa.argtypes import non_negative_int
+from sankofa.argtypes import non_negative_float, non_negative_int, positive_float, positive_int
 
 #: Transactions per day in the published data (1,754,155 over 183 days).
 PREFILL_ROWS_PER_DAY = 9_585
@@ -74,15 +74,21 @@ def add_scenario_parser(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     s.add_argument("name", choices=(*SCENARIOS, *RELIABILITY, "all"))
-    s.add_argument("--workers", type=int, default=2, help="service worker processes (default 2)")
-    s.add_argument("--duration", type=float, default=10.0, help="seconds measured per step")
-    s.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
+    s.add_argument(
+        "--workers", type=positive_int, default=2, help="service worker processes (default 2)"
+    )
+    s.add_argument(
+        "--duration", type=positive_float, default=10.0, help="seconds measured per step"
+    )
+    s.add_argument(
+        "--warmup", type=non_negative_float, default=2.0, help="seconds before measuring"
+    )
     s.add_argument("--out", type=Path, default=Path("loadtest-results"), help="output folder")
     s.add_argument(
         "--input", type=Path, help="handbook raw .csv.gz (default: ../shared/data or the slice)"
     )
     s.add_argument(
-        "--capacity", type=float, help="isolation: capacity in req/s (default: measured)"
+        "--capacity", type=positive_float, help="isolation: capacity in req/s (default: measured)"
     )
     s.add_argument(
         "--pix-every",
@@ -91,12 +97,12 @@ def add_scenario_parser(sub: Any) -> None:
         help="send every k-th transaction (by id) as a PIX, prefill included; 0 (default):"
         " all card payments, as the handbook's data has no payment type",
     )
-    s.add_argument("--memory-transactions", type=int, default=1_000_000)
-    s.add_argument("--overload-seconds", type=float, default=60.0)
-    s.add_argument("--soak-seconds", type=float, default=600.0)
+    s.add_argument("--memory-transactions", type=positive_int, default=1_000_000)
+    s.add_argument("--overload-seconds", type=positive_float, default=60.0)
+    s.add_argument("--soak-seconds", type=positive_float, default=600.0)
     s.add_argument(
         "--prefill-days",
-        type=float,
+        type=non_negative_float,
         default=37.0,
         help="saturation, overload, soak: days of data sent through the batch endpoint"
         " before measuring, so feature histories are in steady state (0: start empty)",
