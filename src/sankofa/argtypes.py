@@ -9,43 +9,39 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
+from typing import TypeVar
+
+N = TypeVar("N", int, float)
+
+
+def _number(text: str, cast: Callable[[str], N], low: N, strict: bool) -> N:
+    """``text`` as a finite number above ``low`` (``strict``) or at least it."""
+    try:
+        v = cast(text)
+    except ValueError:
+        what = "a whole number" if cast is int else "a number"
+        raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+    if not ((v > low if strict else v >= low) and math.isfinite(v)):
+        if cast is int:
+            bound = f">= {low + 1 if strict else low}"
+        else:
+            bound = f"a finite number {'>' if strict else '>='} {low:g}"
+        raise argparse.ArgumentTypeError(f"must be {bound}: {text!r}")
+    return v
 
 
 def positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1: {text!r}")
-    return v
+    return _number(text, int, 0, strict=True)
 
 
 def non_negative_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
-    return v
+    return _number(text, int, 0, strict=False)
 
 
 def positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (v > 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0: {text!r}")
-    return v
+    return _number(text, float, 0.0, strict=True)
 
 
 def non_negative_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (v >= 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0: {text!r}")
-    return v
+    return _number(text, float, 0.0, strict=False)

@@ -395,8 +395,8 @@ async def test_concurrent_night_pix_of_one_customer_share_one_limit(
 ) -> None:
     """Requests sent at once to ``sankofa serve`` are scored in batches in flight
     together, each of which would read the night's stored total before the
-    other stored anything (without the lock, two of six were approved in most
-    rounds). Under the lock taken before the write, exactly one R$ 600 PIX of
+    other stored anything (without the lock this test fails in its first
+    round). Under the lock taken before the write, exactly one R$ 600 PIX of
     six fits in R$ 1,000, every round."""
     async with httpx.AsyncClient(base_url=live_server.url, timeout=30.0) as c:
         await add_rule(c, "ok", "allow", "amount > 0")  # the score does not decide

@@ -97,18 +97,23 @@ def test_signal_must_hold_on_every_sample_for_the_sustain_time() -> None:
 LIMITS = {Priority.CRITICAL: None, Priority.HIGH: 96, Priority.NORMAL: 48, Priority.LOW: 24}
 
 
-def test_a_stalls_backlog_being_worked_off_is_not_overload() -> None:
-    """After a 200 ms stall at 70 % of capacity the requests in progress jump and
-    then fall for longer than the sustain: a backlog being served in time, not
-    overload. Refusing it was the soak's 0.058 %."""
-    clock = [100.0]
-    shedder = LoadShedder(
+def _shipped_door(clock: list[float]) -> LoadShedder:
+    """The door with the shipped sustain and release, on a clock the test moves."""
+    return LoadShedder(
         thresholds_s=THRESHOLDS,
         in_progress_limits=LIMITS,
         sustain_s=0.15,
         release_s=0.2,
         clock=lambda: clock[0],
     )
+
+
+def test_a_stalls_backlog_being_worked_off_is_not_overload() -> None:
+    """After a 200 ms stall at 70 % of capacity the requests in progress jump and
+    then fall for longer than the sustain: a backlog being served in time, not
+    overload. Refusing it was the soak's 0.058 %."""
+    clock = [100.0]
+    shedder = _shipped_door(clock)
     refused = 0
     shedder.in_progress = 8
     for _ in range(20):
@@ -135,13 +140,7 @@ def test_a_backlog_that_holds_or_grows_is_refused_after_the_sustain() -> None:
     overload, refused once the signal has held for the sustain time."""
     for step in (0.0, 0.5):
         clock = [100.0]
-        shedder = LoadShedder(
-            thresholds_s=THRESHOLDS,
-            in_progress_limits=LIMITS,
-            sustain_s=0.15,
-            release_s=0.2,
-            clock=lambda c=clock: c[0],  # type: ignore[misc]
-        )
+        shedder = _shipped_door(clock)
         backlog = 60.0
         first_refusal = None
         for i in range(60):

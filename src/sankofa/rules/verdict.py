@@ -42,7 +42,13 @@ from sankofa.engine.transaction import Transaction
 from sankofa.rules.book import Entity, EntityLoader, Limits, RuleBook, RuleSet, entity_key
 from sankofa.rules.fields import Columns, live_columns
 from sankofa.rules.model import ACTION_DECISION, CompiledRule
-from sankofa.rules.night import NightKey, NightPixLedger, night_keys, night_window_of
+from sankofa.rules.night import (
+    NightKey,
+    NightPixLedger,
+    night_keys,
+    night_window,
+    night_window_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +86,7 @@ class LimitPolicy:
         return None if w is None else w[0]
 
     def is_night(self, when: datetime) -> bool:
-        hour = when.astimezone(self.timezone).hour
-        start, end = self.night_start_hour, self.night_end_hour
-        if start <= end:
-            return start <= hour < end
-        return hour >= start or hour < end
+        return night_window(when, self) is not None
 
 
 def batch_keys(txs: Sequence[Transaction]) -> list[str]:
